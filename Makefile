@@ -1,0 +1,41 @@
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo bench clean data
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	@$(MAKE) --no-print-directory data
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian's package where apt is available and we are root;
+# elsewhere `convsim.data.load(..., download=True)` fetches and verifies it.
+data:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then \
+		echo "Fashion-MNIST: /usr/share/datasets/fashion-mnist"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		(apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null \
+		&& echo "Fashion-MNIST: installed dataset-fashion-mnist" \
+		|| echo "Fashion-MNIST: apt install failed; use download=True"; \
+	else \
+		echo "Fashion-MNIST: not installed (no apt or not root); the loader can download it"; \
+	fi
+
+test: install
+	$(PY) -m pytest
+
+demo: install
+	$(VENV)/bin/convsim reproduce --suite quick --out runs/quick
+
+bench: install
+	$(PY) benchmarks/bench_similarity.py
+	$(PY) benchmarks/bench_nnk.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache
