@@ -1,0 +1,367 @@
+r"""Baselines CS is compared with: kernel-orthogonality penalties and DeCov.
+
+Every weight penalty takes one conv weight of shape (M, C, \*kernel) and returns a differentiable
+0-dim tensor. :math:`W` is the weight reshaped to (M, D), D = C·prod(kernel), one row per filter,
+and :math:`G` the *smaller* Gram (:math:`WW^\top` if M <= D, else :math:`W^\top W`, size n).
+
+.. math::
+    \mathrm{SO} = \|G - I_n\|_F^2,\quad
+    \mathrm{DSO} = \|W^\top W - I_D\|_F^2 + \|WW^\top - I_M\|_F^2,\quad
+    \mathrm{MC} = \|G - I_n\|_\infty,\quad
+    \mathrm{SRIP} \approx \sigma_{\max}(G - I_n)
+
+(Bansal et al. 2018); OCNN conv-orthogonality (Wang et al. 2020, with deel-lip's corrected
+padding, offset and existence checks); DeCov on activations (Cogswell et al. 2016).
+:class:`Penalty` applies one of them to every selected conv layer of a model.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import Predicate, select_conv_layers
+
+PENALTIES = ("so", "dso", "mc", "srip", "ocnn", "decov")
+CHECKS = ("error", "warn", "off")
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _check_weight(weight: torch.Tensor) -> None:
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if weight.dim() < 3:
+        raise ValueError(
+            f"expected a conv weight of shape (M, C, *kernel) with at least 3 dims, got shape {tuple(weight.shape)}"
+        )
+    if not weight.is_floating_point():
+        raise TypeError(f"weight must be a floating-point tensor, got {weight.dtype}")
+
+
+def _small_gram(weight: torch.Tensor) -> torch.Tensor:
+    """The smaller of :math:`WW^\\top` (M, M) and :math:`W^\\top W` (D, D) minus the identity."""
+    w = weight.reshape(weight.shape[0], -1)
+    gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+    return gram - torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
+
+
+def soft_orthogonality(weight: torch.Tensor) -> torch.Tensor:
+    r"""Soft orthogonality :math:`\|G - I\|_F^2` with :math:`G` the smaller Gram of the (M, D) matrix.
+
+    With M <= D this asks for orthonormal filters (kernel orthogonality with unit norms).
+
+    Example:
+        >>> w = torch.eye(4).reshape(4, 1, 2, 2)      # 4 orthonormal 2x2 filters
+        >>> float(soft_orthogonality(w))
+        0.0
+    """
+    _check_weight(weight)
+    return _small_gram(weight).square().sum()
+
+
+def double_soft_orthogonality(weight: torch.Tensor) -> torch.Tensor:
+    r"""Double soft orthogonality :math:`\|W^\top W - I_D\|_F^2 + \|WW^\top - I_M\|_F^2`.
+
+    Both Grams share their nonzero eigenvalues, so :math:`\|A-I_D\|_F^2 = \|B-I_M\|_F^2 + D - M`
+    exactly (:math:`\|X\|_F^2` and the trace agree). DSO is therefore computed as
+    :math:`2\,\mathrm{SO} + |D - M|` without forming the large Gram: for the Frobenius norm it is
+    SO with twice the weight plus a constant.
+
+    Example:
+        >>> w = torch.eye(4).reshape(4, 1, 2, 2)
+        >>> float(double_soft_orthogonality(w))
+        0.0
+    """
+    _check_weight(weight)
+    m, d = weight.shape[0], weight[0].numel()
+    return 2 * _small_gram(weight).square().sum() + abs(d - m)
+
+
+def mutual_coherence(weight: torch.Tensor) -> torch.Tensor:
+    r"""Mutual coherence :math:`\|G - I\|_\infty = \max_{a,b} |(G - I)_{ab}|` (smaller Gram).
+
+    Non-smooth: the gradient lands on one entry only.
+
+    Example:
+        >>> w = torch.tensor([[1.0, 0.0], [0.6, 0.8]]).reshape(2, 1, 2)
+        >>> round(float(mutual_coherence(w)), 6)
+        0.6
+    """
+    _check_weight(weight)
+    return _small_gram(weight).abs().amax()
+
+
+def srip(weight: torch.Tensor, iterations: int = 2, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    r"""SRIP: the spectral norm :math:`\sigma_{\max}(G - I)` of the smaller Gram, by power iteration.
+
+    Estimate: :math:`v_0` is a random unit Gaussian vector (from ``generator``); each of the
+    ``iterations`` steps computes :math:`u = (G-I)v` with two mat-vecs (the Gram is never formed)
+    and sets :math:`v = u/\|u\|`; the result is :math:`\|u\|` of the last step. Since :math:`v` is a
+    unit vector, the estimate is a **lower bound** on :math:`\sigma_{\max}` that converges to it as
+    ``iterations`` grows (at the rate of the ratio of the two largest :math:`|\lambda|`). The
+    default 2 matches Bansal et al.'s code, which returns the square of this value. Gradients flow
+    through the whole iteration (as in the original); the random draw advances ``generator``.
+
+    Example:
+        >>> w = torch.randn(8, 3, 3, 3, dtype=torch.float64)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> exact = torch.linalg.matrix_norm(w.flatten(1) @ w.flatten(1).T - torch.eye(8, dtype=w.dtype), 2)
+        >>> bool(srip(w, 50, g) <= exact * (1 + 1e-12))
+        True
+    """
+    _check_weight(weight)
+    if not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be an int >= 1, got {iterations!r}")
+    w = weight.reshape(weight.shape[0], -1)
+    if w.shape[0] > w.shape[1]:
+        w = w.T  # now (n, D') with n the side of the smaller Gram G = w w^T
+    device = generator.device if generator is not None else weight.device
+    v = torch.randn(w.shape[0], 1, generator=generator, device=device, dtype=weight.dtype).to(weight.device)
+    tiny = torch.finfo(weight.dtype).tiny
+    v = v / v.norm().clamp_min(tiny)
+    sigma = weight.new_zeros(())
+    for _ in range(iterations):
+        u = w @ (w.T @ v) - v
+        sigma = u.norm()
+        v = u / sigma.clamp_min(tiny)  # an exactly orthogonal W gives u = 0: keep v finite
+    return sigma
+
+
+def _tuple(value: Union[int, Sequence[int]], d: int, label: str) -> tuple[int, ...]:
+    out = (value,) * d if isinstance(value, int) else tuple(value)
+    if len(out) != d or not all(isinstance(v, int) and v >= 1 for v in out):
+        raise ValueError(f"{label} must be an int >= 1 or {d} such ints, got {value!r}")
+    return out
+
+
+def ocnn_existence(shape: Sequence[int], stride: Union[int, Sequence[int]] = 1) -> list[tuple[str, str]]:
+    """Problems that rule out (or hinder) an orthogonal conv of this weight shape, deel-lip rules.
+
+    Returns a list of ``(level, message)`` with level ``"error"`` (no orthogonal conv exists, or
+    an even kernel, which deel-lip rejects) or ``"warning"`` (M = C·s^d, "hard to optimise").
+    Row-orthogonal case (M <= C·s^d): impossible when M > C·prod(k). Column-orthogonal case
+    (M > C·s^d): impossible when some s > k.
+    """
+    m, c, kernel = shape[0], shape[1], tuple(shape[2:])
+    s = _tuple(stride, len(kernel), "stride")
+    ss = math.prod(s)
+    problems = []
+    if any(k % 2 == 0 for k in kernel):
+        problems.append(("error", f"OCNN (deel-lip semantics) requires odd kernels, got kernel {kernel}"))
+    if c * ss >= m:
+        if m > c * math.prod(kernel):
+            problems.append(("error", f"no row-orthogonal conv exists: M={m} > C*prod(k)={c * math.prod(kernel)}"))
+    elif any(si > ki for si, ki in zip(s, kernel)):
+        problems.append(("error", f"no column-orthogonal conv exists: stride {s} exceeds kernel {kernel}"))
+    if c * ss == m:
+        problems.append(("warning", f"M = C*s^d = {m} (square case) is hard to optimise"))
+    return problems
+
+
+def ocnn(weight: torch.Tensor, stride: Union[int, Sequence[int]] = 1, *, check: str = "error") -> torch.Tensor:
+    r"""OCNN conv-orthogonality :math:`\|\mathrm{Conv}(K, K, P, s) - I_{r_0}\|_F^2 - \delta`.
+
+    The weight is convolved with itself as a batch of M images with C channels (zero padding
+    :math:`P_a=\lfloor(k_a-1)/s_a\rfloor s_a` per axis, stride :math:`s`), giving entries
+    :math:`\sum_c (K_{jc}\circledast K_{ic})[\ell]` at the lags :math:`\ell\in s\mathbb Z^d`,
+    :math:`|\ell_a|\le P_a`; :math:`I_{r_0}` is the identity at lag 0;
+    :math:`\delta=\max(0, M - C\prod_a s_a)` is the unavoidable residual of the
+    column-orthogonal case, so the minimum is 0 when an orthogonal conv exists (deel-lip's
+    ``LorthRegularizer``; OCNN's released code used padding 1 and an unsquared norm). Conv1d, 2d
+    and 3d weights. For stride 1 it equals 2 × channel-summed all-pairs CS + self terms (spec §5.6).
+
+    Args:
+        stride: the layer's stride, an int or one per spatial axis.
+        check: what to do when :func:`ocnn_existence` finds a problem: ``"error"`` raises
+            ``ValueError`` for impossible configurations and even kernels and warns for the
+            square case (deel-lip behaviour); ``"warn"`` only warns; ``"off"`` checks nothing.
+
+    Example:
+        >>> w = torch.zeros(2, 2, 3, 3); w[0, 0, 1, 1] = w[1, 1, 1, 1] = 1.0   # centre deltas
+        >>> float(ocnn(w, check="off"))
+        0.0
+    """
+    _check_weight(weight)
+    d = weight.dim() - 2
+    if d not in _CONV:
+        raise ValueError(f"OCNN supports Conv1d/2d/3d weights, got {d} spatial dims")
+    s = _tuple(stride, d, "stride")
+    if check not in CHECKS:
+        raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
+    if check != "off":
+        for level, msg in ocnn_existence(weight.shape, s):
+            if level == "error" and check == "error":
+                raise ValueError(msg)
+            warnings.warn(f"OCNN: {msg}", stacklevel=2)
+    kernel = weight.shape[2:]
+    pad = [(k - 1) // si * si for k, si in zip(kernel, s)]
+    # F.pad wants the last axis first; only the input side is padded.
+    padded = F.pad(weight, [p for p in reversed(pad) for _ in range(2)])
+    out = _CONV[d](padded, weight, stride=s)  # (M, M, *o), o_a = 2*floor((k_a-1)/s_a)+1
+    centre = (slice(None), slice(None)) + tuple(p // si for p, si in zip(pad, s))
+    m = weight.shape[0]
+    target = torch.zeros_like(out)
+    target[centre] = torch.eye(m, dtype=weight.dtype, device=weight.device)
+    delta = max(0, m - weight.shape[1] * math.prod(s))
+    return (out - target).square().sum() - delta
+
+
+def decov(activations: torch.Tensor) -> torch.Tensor:
+    r"""DeCov :math:`\tfrac12(\|\Sigma\|_F^2 - \|\mathrm{diag}\,\Sigma\|_2^2)` of activations.
+
+    ``activations`` is (N, M, \*spatial) or (N, M); :math:`\Sigma` is the (M, M) channel covariance
+    over the n = N·prod(spatial) positions, :math:`\Sigma=\frac1n\sum_p(h_p-\mu)(h_p-\mu)^\top`
+    (biased, as Cogswell et al.). A single position gives 0.
+
+    Example:
+        >>> h = torch.randn(16, 4, 5, 5, requires_grad=True)
+        >>> decov(h).backward()
+    """
+    if not isinstance(activations, torch.Tensor):
+        raise TypeError(f"activations must be a torch.Tensor, got {type(activations).__name__}")
+    if activations.dim() < 2 or activations.shape[0] == 0:
+        raise ValueError(
+            f"expected activations of shape (N, M, *spatial) with N >= 1, got shape {tuple(activations.shape)}"
+        )
+    if not activations.is_floating_point():
+        raise TypeError(f"activations must be a floating-point tensor, got {activations.dtype}")
+    m = activations.shape[1]
+    h = activations.transpose(0, 1).reshape(m, -1)
+    h = h - h.mean(dim=1, keepdim=True)
+    cov = h @ h.T / h.shape[1]
+    return 0.5 * (cov.square().sum() - cov.diagonal().square().sum())
+
+
+_WEIGHT_FUNCS = {
+    "so": soft_orthogonality,
+    "dso": double_soft_orthogonality,
+    "mc": mutual_coherence,
+    "srip": srip,
+    "ocnn": ocnn,
+}
+
+
+class Penalty(nn.Module):
+    r"""A baseline regulariser of a model: ``reg()`` returns ``weight`` × the sum over selected layers.
+
+    Layers are chosen by :func:`convsim.layers.select_conv_layers` (the same rule as
+    :class:`~convsim.similarity.ConvSimilarity`). Grouped convs are penalised per group (the
+    layer's operator is block diagonal, so cross-group pairs act on disjoint inputs) and the group
+    terms are summed. ``options`` go to the penalty function (e.g. ``iterations``/``generator`` for
+    ``"srip"``); for ``"ocnn"`` every layer's own stride is used and the existence checks run once
+    here, as warnings by default (``check="warn"``; pass ``check="error"`` for deel-lip's errors).
+
+    ``"decov"`` is data dependent: forward hooks on the selected layers keep the latest output of
+    each (not detached, so the penalty backpropagates into the model), and ``reg()``, called after
+    the model's forward, returns DeCov of those outputs. It holds one output per layer until the
+    next forward; ``remove()`` (or leaving a ``with`` block) removes the hooks. A layer called twice
+    in one forward contributes its last call.
+
+    The model's parameters are not registered as this module's; it works on a
+    DistributedDataParallel model (layers are found on the wrapped module).
+
+    Example:
+        >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
+        >>> reg = Penalty(net, "so", weight=1e-3)
+        >>> reg.layers
+        ['0', '2']
+        >>> loss = reg()
+        >>> with Penalty(net, "decov") as dec:
+        ...     out = net(torch.randn(2, 1, 8, 8))
+        ...     loss = dec()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        name: str,
+        *,
+        weight: float = 1.0,
+        include: Optional[Predicate] = None,
+        exclude: Optional[Predicate] = None,
+        **options,
+    ):
+        super().__init__()
+        if name not in PENALTIES:
+            raise ValueError(f"name must be one of {PENALTIES}, got {name!r}")
+        selected = select_conv_layers(model, include, exclude)
+        if not selected:
+            raise ValueError("no conv layer with at least 2 output channels per group was selected in the model")
+        if name == "decov" and options:
+            raise TypeError(f"decov takes no options, got {sorted(options)}")
+        if name == "ocnn":
+            check = options.pop("check", "warn")
+            if check not in CHECKS:
+                raise ValueError(f"check must be one of {CHECKS}, got {check!r}")
+            for lname, module in selected:
+                g = module.groups
+                shape = (module.out_channels // g, module.in_channels // g, *module.kernel_size)
+                for level, msg in ocnn_existence(shape, module.stride):
+                    if check == "error" and level == "error":
+                        raise ValueError(f"layer {lname!r}: {msg}")
+                    if check != "off":
+                        warnings.warn(f"OCNN layer {lname!r}: {msg}", stacklevel=2)
+            options["check"] = "off"  # checked once above, not on every step
+        self.name = name
+        self.weight = float(weight)
+        self.options = options
+        # A plain list: the model's parameters must not become this module's parameters.
+        self._selected = selected
+        self._outputs: dict[str, torch.Tensor] = {}
+        self._handles = []
+        if name == "decov":
+            for lname, module in selected:
+                self._handles.append(module.register_forward_hook(self._make_hook(lname)))
+
+    def _make_hook(self, lname: str):
+        def hook(_module, _inputs, output):
+            self._outputs[lname] = output
+
+        return hook
+
+    @property
+    def layers(self) -> list[str]:
+        return [name for name, _ in self._selected]
+
+    def _layer_value(self, lname: str, module: nn.Module) -> torch.Tensor:
+        if self.name == "decov":
+            if lname not in self._outputs:
+                raise RuntimeError(
+                    f"decov needs the model's forward first: no output of layer {lname!r} was captured"
+                    + (" (hooks were removed)" if not self._handles else "")
+                )
+            return decov(self._outputs[lname])
+        fn = _WEIGHT_FUNCS[self.name]
+        opts = dict(self.options)
+        if self.name == "ocnn":
+            opts["stride"] = module.stride
+        w, g = module.weight, module.groups
+        m = w.shape[0] // g
+        return torch.stack([fn(w[k * m : (k + 1) * m], **opts) for k in range(g)]).sum()
+
+    def per_layer(self) -> dict[str, torch.Tensor]:
+        """Unweighted penalty of every selected layer, name -> 0-dim tensor."""
+        return {lname: self._layer_value(lname, module) for lname, module in self._selected}
+
+    def forward(self) -> torch.Tensor:
+        return self.weight * torch.stack(list(self.per_layer().values())).sum()
+
+    def remove(self) -> None:
+        """Remove the forward hooks (``"decov"``) and drop the captured outputs."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._outputs = {}
+
+    def __enter__(self) -> "Penalty":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, weight={self.weight}, layers={len(self._selected)}"
