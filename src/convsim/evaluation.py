@@ -1,0 +1,95 @@
+r"""What the trainer measures on a model: accuracy and loss (:func:`evaluate`) and redundancy (:func:`measure`).
+
+Both leave the model's train/eval mode as they found it and track no gradients.
+:func:`evaluate` is the pass behind the test metrics and validation early stopping;
+:func:`measure` gives the CS and feature-map similarity logged every epoch.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import distributed
+from .config import TrainConfig
+from .distributed import DistEnv
+
+
+def autocast_context(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on ``device`` when ``config.bf16``, else a context that does nothing."""
+    if config.bf16:
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, env: DistEnv,
+             prefix: str = "test") -> dict:
+    r"""Mean cross-entropy and accuracy of ``model`` (eval mode) on ``(x, y)``: ``{prefix_loss, prefix_acc}``.
+
+    ``x`` is (N, C, H, W), ``y`` (N,) class indices; the loss is
+    :math:`\tfrac1N\sum_i \mathrm{CE}(f(x_i), y_i)`, the accuracy the share of
+    :math:`\arg\max f(x_i) = y_i`, both over chunks of ``config.eval_batch`` images. Under DDP
+    each rank evaluates ``x[rank::world]`` of the *unwrapped* model (no collective per forward)
+    and the sums are reduced over ranks. The model's train/eval mode is restored.
+
+    Example:
+        >>> from convsim.models import build
+        >>> model = build("cnn1", input_size=20)
+        >>> res = evaluate(model, torch.randn(8, 1, 20, 20), torch.arange(8), TrainConfig(), DistEnv())
+        >>> sorted(res), 0.0 <= res["test_acc"] <= 1.0
+        (['test_acc', 'test_loss'], True)
+    """
+    was_training = model.training
+    model.eval()
+    idx = distributed.shard(torch.arange(len(y), device=y.device), env)
+    sums = torch.zeros(3, dtype=torch.float64, device=y.device)
+    with autocast_context(config, y.device):
+        for chunk in torch.split(idx, config.eval_batch):
+            logits = model(x[chunk]).float()
+            sums[0] += F.cross_entropy(logits, y[chunk], reduction="sum").double()
+            sums[1] += (logits.argmax(1) == y[chunk]).sum()
+            sums[2] += len(chunk)
+    model.train(was_training)
+    loss, correct, count = distributed.all_reduce_sum(sums, env).tolist()
+    return {f"{prefix}_loss": loss / count, f"{prefix}_acc": correct / count}
+
+
+@torch.no_grad()
+def measure(model: nn.Module, x: torch.Tensor) -> dict:
+    """Redundancy measurements of ``model`` (eval mode, fp32) on the fixed batch ``x``.
+
+    * ``cs``: all-pairs per-channel CS (unnormalised, unweighted) summed over every conv layer;
+    * ``kernel_cosine``: mean :math:`|\\cos|` between flattened filters, averaged over layers;
+    * ``fm_similarity`` / ``fm_similarity_centered``: mean :math:`|\\cos|` between the feature
+      maps of distinct channels on ``x``, uncentred / centred, averaged over layers;
+    * ``fm_effective_rank``: mean effective rank of the layers' feature maps (uncentred).
+
+    Values come from :class:`convsim.measure.FeatureMapSimilarity` (layers averaged by
+    :func:`convsim.measure.summarize`) and :class:`convsim.similarity.ConvSimilarity`. ``x`` is
+    (N, C, H, W) with N >= 2; every value is a python float.
+
+    Example:
+        >>> from convsim.models import build
+        >>> sorted(measure(build("cnn1", input_size=20), torch.randn(4, 1, 20, 20)))
+        ['cs', 'fm_effective_rank', 'fm_similarity', 'fm_similarity_centered', 'kernel_cosine']
+    """
+    from .measure import FeatureMapSimilarity, summarize
+    from .similarity import ConvSimilarity
+
+    was_training = model.training
+    model.eval()
+    result = {"cs": float(ConvSimilarity(model, beta=1.0, pairs="all", channels="per_channel")())}
+    for centered in (False, True):
+        metric = FeatureMapSimilarity(model, centered=centered)
+        metric.update(x)
+        s = summarize(metric.compute())
+        if centered:
+            result["fm_similarity_centered"] = float(s["fm_abs_cos"])
+        else:
+            result.update(kernel_cosine=float(s["kernel_abs_cos"]), fm_similarity=float(s["fm_abs_cos"]),
+                          fm_effective_rank=float(s["fm_effective_rank"]))
+    model.train(was_training)
+    return result

@@ -1,0 +1,99 @@
+"""A run's ``summary.json``: config, environment, status and the metrics of the delivered weights.
+
+:func:`make_summary` is called after every epoch (status ``"running"``), at the end
+(``"complete"`` / ``"stopped early"``) and on failure (``"interrupted"`` / ``"failed"``), so
+the file follows the checkpoint.
+"""
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .config import TrainConfig
+from .distributed import DistEnv
+
+FINAL_KEYS = ("test_acc", "test_loss", "train_acc", "train_loss", "cs", "kernel_cosine", "fm_similarity",
+              "fm_similarity_centered")
+
+
+def make_summary(config: TrainConfig, status: str, history: list[dict], initial: dict, stopper,
+                 env: DistEnv, device: torch.device, wall: float) -> dict:
+    """The run's ``summary.json``.
+
+    Top-level metrics (``test_acc, test_loss, train_acc, train_loss, cs, kernel_cosine,
+    fm_similarity, fm_similarity_centered``) describe the delivered weights (those in
+    ``checkpoint.pt``): the last epoch's record, or the restored epoch's after early stopping with
+    ``es_restore``. ``final`` is always the last epoch's record; ``initial`` the measurements
+    before the first epoch (after the CS initialisation).
+
+    Example:
+        >>> s = make_summary(TrainConfig(), "running", [], {}, None, DistEnv(), torch.device("cpu"), 0.0)
+        >>> s["epochs_run"], s["test_acc"], s["early_stop"]
+        (0, None, None)
+    """
+    delivered_epoch = history[-1]["epoch"] if history else 0
+    early = None
+    if stopper is not None:
+        stopped = status == "stopped early"
+        restored = stopped and config.es_restore and stopper.best_state is not None
+        if restored:
+            delivered_epoch = stopper.best_epoch
+        early = {"mode": stopper.mode, "stopped": stopped, "stop_epoch": stopper.stop_epoch if stopped else None,
+                 "best_epoch": stopper.best_epoch, "restored": restored,
+                 "restore_epoch": stopper.best_epoch if restored else None,
+                 "test_acc_at_stop": history[-1]["test_acc"] if stopped else None,
+                 **stopper.summary()}
+    delivered = next((r for r in history if r["epoch"] == delivered_epoch), {})
+    if early is not None and early["restored"]:
+        early["test_acc_restored"] = delivered.get("test_acc")
+    best = max(history, key=lambda r: r["test_acc"]) if history else {}
+    summary = {
+        "status": status,
+        "epochs_run": history[-1]["epoch"] if history else 0,
+        "delivered_epoch": delivered_epoch,
+        "config": asdict(config),
+        "seed": config.seed,
+        "versions": _versions(),
+        "git": _git_revision(),
+        "device": _device_name(device),
+        "world_size": env.world_size,
+        "threads": torch.get_num_threads(),
+        "wall_time": wall,
+        "initial": initial,
+        "final": history[-1] if history else None,
+        "best_test_acc": best.get("test_acc"),
+        "best_test_epoch": best.get("epoch"),
+        "early_stop": early,
+    }
+    summary.update({k: delivered.get(k) for k in FINAL_KEYS})
+    return summary
+
+
+def _versions() -> dict:
+    from . import __version__
+
+    return {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
+            "convsim": __version__}
+
+
+@functools.lru_cache(maxsize=1)
+def _git_revision() -> Optional[str]:
+    try:
+        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (res.stdout.strip() or None) if res.returncode == 0 else None
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

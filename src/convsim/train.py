@@ -1,0 +1,449 @@
+r"""Train one CNN with the CS regulariser, the CS initialisation or a baseline penalty: ``convsim train``.
+
+Reading order: :class:`TrainConfig` (every hyperparameter, one place; :mod:`convsim.config`) →
+:func:`train` (the loop, top to bottom) → its set-up (data, model, optimizer, lr schedule, CS
+initialisation) → one epoch and one step → :func:`run` (``convsim train``). The loop's other
+pieces live beside it: :mod:`convsim.evaluation` (accuracy, redundancy measurements),
+:mod:`convsim.early_stopping`, :mod:`convsim.checkpoint` (save, resume), :mod:`convsim.summary`
+(``summary.json``) and :mod:`convsim.distributed` (device, threads, DDP). Every public name of
+those modules that the trainer uses is importable from here too.
+
+The objective of one step on a batch :math:`(x, y)` is
+
+.. math::
+    \mathcal L = \mathrm{CE}(f(x), y) + \beta\,L_{CS}(\text{model}) + \lambda\,P(\text{model})
+
+with :math:`L_{CS}` the Convolutional Similarity (:class:`convsim.similarity.ConvSimilarity`,
+only when :math:`\beta > 0`) and :math:`P` a baseline penalty (:class:`convsim.penalties.Penalty`,
+only when one is chosen). Optionally the conv weights are first moved by ``init_iters`` steps
+minimising :math:`L_{CS}` alone (the CS initialisation, spec §9.2).
+
+Files written to ``config.out`` (by rank 0 only):
+
+``metrics.jsonl``
+    one JSON line per finished epoch: ``epoch, lr, train_loss`` (mean cross-entropy),
+    ``train_acc, reg_loss`` (mean of the added regulariser terms), ``train_samples, test_loss, test_acc, cs``
+    (all-pairs per-channel CS summed over conv layers, unweighted, unnormalised),
+    ``kernel_cosine, fm_similarity`` (mean :math:`|\cos|` of uncentred feature maps on a fixed test
+    batch), ``fm_similarity_centered, fm_effective_rank, seconds``, plus the early-stopping
+    fields (``es_*``, ``val_*``).
+``init.jsonl``
+    ``{"step", "cs"}`` per CS-initialisation step: the CS before step ``s`` for
+    ``s = 0..I-1`` and after the last one (``s = I``).
+``checkpoint.pt``
+    written atomically after every epoch: model, optimizer, RNG states (torch CPU/CUDA, numpy,
+    python, the shuffling generator), epoch, early-stopping state, the metrics history.
+``summary.json``
+    config, seed, versions, device, wall time, status and the final metrics.
+
+Resuming (``resume=True``) continues from ``checkpoint.pt`` to ``epochs``; one epoch, resume, one
+epoch gives bit-identical metrics (except ``seconds``) to two epochs straight on CPU.
+``metrics.jsonl`` is rebuilt from the checkpoint's history, so it never holds an epoch the
+checkpoint does not. Ctrl-C loses at most the running epoch.
+
+Example:
+    >>> from convsim.train import TrainConfig, train
+    >>> summary = train(TrainConfig(dataset="synthetic", epochs=1, train_subset=200,
+    ...                             test_subset=100, out="/tmp/convsim-doc-run", verbose=False))  # doctest: +SKIP
+    >>> summary["status"]  # doctest: +SKIP
+    'complete'
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import data as _data
+from . import distributed
+from . import models as _models
+from .checkpoint import (STATUSES, is_finished, load_checkpoint, reset_run_files, restore_state, rewrite_metrics,
+                         save_checkpoint, stored_config)
+from .config import (CONFIG_FIELDS, CS_CHANNELS, CS_PAIRS, DATASETS, DEVICES, EARLY_STOPS, INIT_OPTIMIZERS, MODELS,
+                     OPTIMIZERS, PENALTY_CHOICES, RESUMABLE_CHANGES, SCHEDULES, ConfigError, ConfigTypeError,
+                     TrainConfig, add_arguments, config_from_args, config_from_dict, to_argv)
+from .distributed import DistEnv, default_threads, physical_cores, resolve_device
+from .early_stopping import (ChannelEarlyStopping, ChannelFreezer, EarlyStopping, ValidationEarlyStopping,
+                             last_conv_layer, make_early_stopping)
+from .evaluation import autocast_context, evaluate, measure
+from .io import append_jsonl, atomic_write_json
+from .optim import cs_initialization, cs_options, lr_factor, make_optimizer, set_learning_rate
+from .summary import FINAL_KEYS, make_summary
+from .train_data import load_data, stratified_split
+
+# The trainer's public API, re-exported from the modules it is split into (``convsim.train.X`` keeps working).
+__all__ = [
+    # convsim.config
+    "MODELS", "DATASETS", "OPTIMIZERS", "SCHEDULES", "CS_PAIRS", "CS_CHANNELS", "INIT_OPTIMIZERS", "PENALTY_CHOICES",
+    "EARLY_STOPS", "DEVICES", "RESUMABLE_CHANGES", "CONFIG_FIELDS", "ConfigError", "ConfigTypeError", "TrainConfig",
+    "add_arguments", "config_from_args", "config_from_dict", "to_argv",
+    # this module
+    "train", "seed_everything", "build_model", "train_step", "train_epoch", "load_run", "run",
+    # the loop's pieces
+    "load_data", "stratified_split", "make_optimizer", "lr_factor", "set_learning_rate", "cs_initialization",
+    "evaluate", "measure", "last_conv_layer", "ChannelFreezer", "EarlyStopping", "ChannelEarlyStopping",
+    "ValidationEarlyStopping", "make_early_stopping", "STATUSES", "save_checkpoint", "restore_state",
+    "FINAL_KEYS", "make_summary", "resolve_device", "physical_cores",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# The training loop
+# ----------------------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig) -> dict:
+    """Train one model as ``config`` says and return its summary (also in ``config.out/summary.json``).
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) each process calls this; the model is wrapped in
+    DistributedDataParallel, each global batch is split rank-strided, metrics are summed over
+    ranks and only rank 0 writes files. See the module docstring for the files and resume rules.
+
+    Raises:
+        ConfigError: (a ``ValueError``) ``out`` already holds a run and ``resume`` is off; a
+            resumed run's stored config differs in a field other than :data:`RESUMABLE_CHANGES`;
+            the model cannot take the dataset's images; under DDP, ``batch_size`` is not a
+            multiple of the number of processes.
+        KeyboardInterrupt: re-raised after marking the summary ``"interrupted"``; the last
+            checkpoint stays valid.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    config.validate()
+    device = resolve_device(config.device)
+    env = distributed.setup(device.type)
+    if env.enabled and device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads or default_threads(env))
+    try:
+        return _train(config, device, env)
+    finally:
+        torch.set_num_threads(old_threads)
+        distributed.teardown(env)
+
+
+def _train(config: TrainConfig, device: torch.device, env: DistEnv) -> dict:
+    t_start = time.perf_counter()
+    out = Path(config.out)
+    if config.batch_size % env.world_size:
+        raise ConfigError(f"batch_size ({config.batch_size}) is the global batch and must be a multiple of the "
+                          f"number of processes ({env.world_size}) so that every rank gets an equal share")
+    ckpt = load_checkpoint(out, config)
+    distributed.barrier(env)  # every rank has looked for a checkpoint before rank 0 writes one
+    if ckpt is not None and is_finished(ckpt, config):
+        return _existing_summary(out, ckpt, config, env, device)
+
+    # 1. Seed everything (the same on every rank: identical model init and shuffling order).
+    seed_everything(config.seed)
+    shuffle_gen = torch.Generator().manual_seed(config.seed)
+
+    # 2. Data: whole splits as normalised float32 tensors on the device.
+    fmt = _memory_format(config)
+    d = load_data(config, device, fmt)
+
+    # 3. Model, optimizer, regularisers.
+    model = build_model(config).to(device=device, memory_format=fmt)
+    optimizer = make_optimizer(config, model)
+    regularisers: list[nn.Module] = []
+    if config.beta > 0:
+        from .similarity import ConvSimilarity
+
+        regularisers.append(ConvSimilarity(model, beta=config.beta, **cs_options(config)))
+    if config.penalty != "none":
+        from .penalties import Penalty
+
+        regularisers.append(Penalty(model, config.penalty, weight=config.penalty_weight))
+    stopper = make_early_stopping(config, model)
+
+    # 4. Fresh start (optional CS initialisation) or resumption from the checkpoint.
+    if ckpt is None:
+        if env.is_main:
+            reset_run_files(out)
+        init_cs = cs_initialization(config, model, optimizer, out, env)
+        history: list[dict] = []
+        initial = measure(model, d["fm_x"]) if env.is_main else {}
+        initial["init_cs"] = init_cs
+        wall_before, start_epoch = 0.0, 0
+        if env.is_main:
+            save_checkpoint(out, config, model, optimizer, shuffle_gen, stopper, history, initial,
+                            epoch=0, status="running", wall=time.perf_counter() - t_start)
+    else:
+        restore_state(ckpt, model, optimizer, shuffle_gen, stopper)
+        history, initial, wall_before = ckpt["history"], ckpt["initial"], ckpt["wall_time"]
+        start_epoch = ckpt["epoch"]
+        if env.is_main:  # metrics.jsonl never holds an epoch beyond the checkpoint
+            rewrite_metrics(out, history)
+
+    # 5. Data parallel: wrap after the CS init so DDP's start-up broadcast syncs every rank to rank 0.
+    net = model
+    if env.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def write_summary(status: str) -> dict:
+        wall = wall_before + time.perf_counter() - t_start
+        summary = make_summary(config, status, history, initial, stopper, env, device, wall)
+        if env.is_main:
+            atomic_write_json(out / "summary.json", summary)
+        return summary
+
+    write_summary("running")
+    status = "running"
+    try:
+        for epoch in range(start_epoch + 1, config.epochs + 1):
+            t0 = time.perf_counter()
+            lr = set_learning_rate(optimizer, config, epoch)
+            perm = torch.randperm(d["train_y"].shape[0], generator=shuffle_gen)
+            train_stats = train_epoch(net, d["train_x"], d["train_y"], perm, config, optimizer, regularisers,
+                                      stopper, env, device, desc=f"epoch {epoch}/{config.epochs}")
+            record = {"epoch": epoch, "lr": lr, **train_stats}
+            record.update(evaluate(model, d["test_x"], d["test_y"], config, env, prefix="test"))
+            if env.is_main:
+                record.update(measure(model, d["fm_x"]))
+            stop = False
+            if stopper is not None:
+                stop = stopper.update(model, d, config, env, epoch, record)
+            status = "stopped early" if stop else ("complete" if epoch == config.epochs else "running")
+            if stop and config.es_restore:
+                stopper.restore(model)
+            record["seconds"] = time.perf_counter() - t0
+            if env.is_main:
+                wall = wall_before + time.perf_counter() - t_start
+                # Checkpoint first, then the metrics line: metrics never run ahead of the checkpoint.
+                save_checkpoint(out, config, model, optimizer, shuffle_gen, stopper, history + [record], initial,
+                                epoch=epoch, status=status, wall=wall)
+                append_jsonl(out / "metrics.jsonl", record)
+                _print_epoch(config, record)
+            history.append(record)
+            write_summary(status)
+            if stop:
+                break
+    except KeyboardInterrupt:
+        write_summary("interrupted")
+        raise
+    except Exception as e:
+        summary = write_summary("failed")
+        if env.is_main:
+            summary["error"] = f"{type(e).__name__}: {e}"
+            atomic_write_json(out / "summary.json", summary)
+        raise
+    finally:
+        for reg in regularisers:
+            if hasattr(reg, "remove"):
+                reg.remove()
+
+    summary = make_summary(config, status, history, initial, stopper, env, device,
+                           wall_before + time.perf_counter() - t_start)
+    if env.enabled:
+        summary["ddp"] = {"world_size": env.world_size, "backend": env.backend,
+                          "max_weight_difference": distributed.max_weight_difference(model, env)}
+    if env.is_main:
+        atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# Set-up: seeds and the model (data, optimizer, CS initialisation: convsim.train_data, convsim.optim)
+# ----------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python's ``random``, numpy's global generator and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model(config: TrainConfig) -> nn.Module:
+    """The (untrained) architecture of ``config`` for its dataset's channels, classes and image size.
+
+    A combination the architecture cannot take (e.g. cnn1 on 8×8 digits) raises :class:`ConfigError`.
+    """
+    info = _data.DATASETS[config.dataset]
+    try:
+        return _models.build(config.model, in_channels=info.channels, num_classes=info.classes,
+                             width=config.width, input_size=info.size)
+    except ValueError as e:
+        raise ConfigError(f"model {config.model!r} (width {config.width}) on {config.dataset}: {e}") from e
+
+
+# ----------------------------------------------------------------------------------------------
+# One epoch, one step
+# ----------------------------------------------------------------------------------------------
+
+
+def train_step(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, optimizer: torch.optim.Optimizer,
+               regularisers: Sequence[nn.Module], freezer: Optional[ChannelFreezer],
+               autocast: Callable[[], contextlib.AbstractContextManager]) -> torch.Tensor:
+    """One optimizer step on one (local) batch.
+
+    Loss: mean cross-entropy + the sum of the regularisers' values (each already weighted).
+    Frozen channels (channel-wise early stopping) get zero gradient before the step and their
+    exact values back after it, so momentum and weight decay cannot move them.
+
+    Returns a detached float64 vector ``[sum of CE over the batch, number correct, batch size,
+    regulariser value]``.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    with autocast():
+        logits = net(xb)
+    ce = F.cross_entropy(logits.float(), yb)
+    reg = torch.stack([r() for r in regularisers]).sum() if regularisers else ce.new_zeros(())
+    (ce + reg).backward()
+    if freezer is not None:
+        freezer.zero_frozen_grads()
+    optimizer.step()
+    if freezer is not None:
+        freezer.restore_frozen()
+    n = yb.shape[0]
+    correct = (logits.detach().argmax(1) == yb).sum()
+    return torch.stack([ce.detach().double() * n, correct.double(), ce.new_tensor(n, dtype=torch.float64),
+                        reg.detach().double()])
+
+
+def train_epoch(net: nn.Module, x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, config: TrainConfig,
+                optimizer: torch.optim.Optimizer, regularisers: Sequence[nn.Module], stopper, env: DistEnv,
+                device: torch.device, desc: str = "") -> dict:
+    """One pass over the shuffled training set in global batches of ``batch_size``.
+
+    Under DDP the permutation is cut to a multiple of the world size (at most world−1 samples of
+    the epoch are skipped, different ones each epoch) and every global batch is split
+    rank-strided. Returns the epoch means ``train_loss`` (cross-entropy), ``train_acc`` and
+    ``reg_loss`` (the added regulariser terms, per step), and ``train_samples`` (images seen this
+    epoch), all reduced over ranks.
+    """
+    net.train()
+    if env.enabled:
+        perm = perm[: len(perm) - len(perm) % env.world_size]
+    perm = perm.to(device)
+    batches = list(torch.split(perm, config.batch_size))
+    freezer = getattr(stopper, "freezer", None)
+    autocast = lambda: autocast_context(config, device)  # noqa: E731
+    fmt = _memory_format(config)
+    show = env.is_main and config.verbose and sys.stderr.isatty()
+    bar = _progress(batches, desc, show)
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    for step, idx in enumerate(bar):
+        idx = distributed.shard(idx, env)
+        xb = x[idx].contiguous(memory_format=fmt)
+        sums += train_step(net, xb, y[idx], optimizer, regularisers, freezer, autocast)
+        if show and step % 20 == 0:
+            bar.set_postfix(loss=f"{float(sums[0] / sums[2]):.4f}")
+    steps = torch.tensor([len(batches)], dtype=torch.float64, device=device)
+    sums = distributed.all_reduce_sum(torch.cat([sums, steps]), env)
+    ce_sum, correct, count, reg_sum, n_steps = sums.tolist()
+    return {"train_loss": ce_sum / count, "train_acc": correct / count, "reg_loss": reg_sum / n_steps,
+            "train_samples": int(count)}
+
+
+def _progress(items, desc: str, show: bool):
+    if not show:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _memory_format(config: TrainConfig) -> torch.memory_format:
+    return torch.channels_last if config.channels_last else torch.contiguous_format
+
+
+def _print_epoch(config: TrainConfig, r: dict) -> None:
+    if not config.verbose:
+        return
+    extra = ""
+    if "es_frozen_count" in r:
+        extra = f" frozen {r['es_frozen_count']}/{len(r['es_frozen'])}"
+    elif "val_error" in r:
+        extra = f" val_err {r['val_error']:.4f}"
+    print(f"epoch {r['epoch']:>3}/{config.epochs}  loss {r['train_loss']:.4f}  acc {r['train_acc']:.4f}  "
+          f"test {r['test_acc']:.4f}  cs {r['cs']:.4g}  fm {r['fm_similarity']:.3f}{extra}  "
+          f"{r['seconds']:.1f}s", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Finished runs
+# ----------------------------------------------------------------------------------------------
+
+
+def _existing_summary(out: Path, ckpt: dict, config: TrainConfig, env: DistEnv, device: torch.device) -> dict:
+    """The summary of a finished run (resumed with nothing left to train), rewritten if stale."""
+    path = out / "summary.json"
+    if path.exists():
+        summary = json.loads(path.read_text())
+        if summary.get("epochs_run") == ckpt["epoch"] and summary.get("status") == ckpt["status"]:
+            return summary
+    stopper = None
+    if ckpt["early_stop"] is not None:  # rebuild the stopper for its summary fields
+        stopper = make_early_stopping(config, build_model(config))
+        stopper.load_state_dict(ckpt["early_stop"])
+    summary = make_summary(config, ckpt["status"], ckpt["history"], ckpt["initial"], stopper, env, device,
+                           ckpt["wall_time"])
+    if env.is_main:
+        atomic_write_json(path, summary)
+    return summary
+
+
+def load_run(run_dir: str | os.PathLike) -> tuple[nn.Module, TrainConfig, dict]:
+    """Rebuild a trained model from a run directory, on CPU, in eval mode.
+
+    Reads the config from ``RUN_DIR/summary.json``, builds the architecture and loads the weights
+    of ``RUN_DIR/checkpoint.pt`` (the delivered weights; see :func:`convsim.summary.make_summary`).
+
+    Returns:
+        ``(model, config, summary)``.
+
+    Example:
+        >>> model, config, summary = load_run("runs/train")  # doctest: +SKIP
+    """
+    run_dir = Path(run_dir)
+    for name in ("summary.json", "checkpoint.pt"):
+        if not (run_dir / name).exists():
+            raise FileNotFoundError(f"{run_dir} is not a training run: {name} is missing")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config = config_from_dict(summary["config"])
+    model = build_model(config)
+    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
+    model.load_state_dict(state)
+    model.eval()
+    return model, config, summary
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line (the flags come from convsim.config.add_arguments)
+# ----------------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    """``convsim train``: build the config (with ``--resume``, the stored run's config plus the flags given), train.
+
+    Returns 0 on success, 2 for an invalid configuration or missing data (message on stderr),
+    130 when interrupted (Ctrl-C; the last checkpoint is intact).
+    """
+    out = getattr(args, "out", TrainConfig.out)
+    try:
+        base = stored_config(out) if getattr(args, "resume", False) else None
+        config = config_from_args(args, base)
+        summary = train(config)
+    except (ConfigError, _data.DatasetError) as e:
+        print(f"convsim train: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if distributed.detect().is_main:
+            print(f"\nconvsim train: interrupted; continue with --resume --out {out}", file=sys.stderr)
+        return 130
+    if distributed.detect().is_main and config.verbose:
+        print(f"{summary['status']}: test_acc {summary['test_acc']:.4f} after {summary['epochs_run']} epochs "
+              f"({summary['wall_time']:.1f}s) -> {config.out}")
+    return 0

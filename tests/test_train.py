@@ -1,0 +1,431 @@
+"""The trainer: loop, files, resume, interruption, CLI, load_run, early stopping.
+
+Runs are tiny (cnn1, 256 synthetic training images, one thread) so the file stays fast; runs that
+several tests read are module fixtures.
+"""
+import argparse
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from convsim import train as T
+from convsim.distributed import DistEnv
+from convsim.io import read_jsonl
+
+METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc", "reg_loss", "train_samples", "test_loss", "test_acc", "cs", "kernel_cosine",
+               "fm_similarity", "fm_similarity_centered", "fm_effective_rank", "seconds"}
+SUMMARY_KEYS = {"status", "epochs_run", "delivered_epoch", "config", "seed", "versions", "git", "device",
+                "world_size", "threads", "wall_time", "initial", "final", "best_test_acc", "best_test_epoch",
+                "early_stop", "test_acc", "test_loss", "train_acc", "train_loss", "cs", "kernel_cosine",
+                "fm_similarity", "fm_similarity_centered"}
+
+
+def make_config(out, **kw) -> T.TrainConfig:
+    base = dict(model="cnn1", dataset="synthetic", train_subset=256, test_subset=128, batch_size=32, fm_batch=64,
+                epochs=2, optimizer="adam", lr=3e-3, device="cpu", threads=1, verbose=False, out=str(out))
+    base.update(kw)
+    return T.TrainConfig(**base)
+
+
+def without_seconds(records):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def checkpoint_model(out):
+    return torch.load(f"{out}/checkpoint.pt", map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_state(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """Two epochs in one go: the reference for the resume and interruption tests."""
+    out = tmp_path_factory.mktemp("straight")
+    summary = T.train(make_config(out))
+    return out, summary
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """Three epochs with a 3-step CS initialisation and the CS regulariser."""
+    out = tmp_path_factory.mktemp("finished")
+    summary = T.train(make_config(out, epochs=3, init_iters=3, beta=1e-3))
+    return out, summary
+
+
+# ---------------------------------------------------------------- the loop and its files
+
+
+def test_training_lowers_the_loss(finished):
+    """Three epochs of Adam lower the mean training cross-entropy."""
+    out, _ = finished
+    losses = [r["train_loss"] for r in read_jsonl(out / "metrics.jsonl")]
+    assert losses[-1] < losses[0]
+
+
+def test_metrics_lines_have_documented_keys(finished):
+    """metrics.jsonl: one line per epoch 1..E with every documented key, finite numbers."""
+    out, _ = finished
+    records = read_jsonl(out / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    for r in records:
+        assert METRIC_KEYS <= r.keys()
+        assert all(math.isfinite(r[k]) for k in METRIC_KEYS)
+
+
+def test_summary_has_documented_keys(finished):
+    """summary.json: documented keys, status complete, the config round-trips, versions recorded."""
+    out, summary = finished
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= on_disk.keys()
+    assert on_disk["status"] == "complete" and on_disk["epochs_run"] == 3
+    assert T.TrainConfig(**on_disk["config"]) == make_config(out, epochs=3, init_iters=3, beta=1e-3)
+    assert {"torch", "numpy", "python", "convsim"} <= on_disk["versions"].keys()
+    assert on_disk["test_acc"] == read_jsonl(out / "metrics.jsonl")[-1]["test_acc"] == summary["test_acc"]
+
+
+def test_regulariser_value_is_logged(finished):
+    """With beta > 0 the mean regulariser term is positive and equals beta times a CS of the order logged."""
+    out, _ = finished
+    r = read_jsonl(out / "metrics.jsonl")[0]
+    assert r["reg_loss"] > 0
+    assert r["reg_loss"] == pytest.approx(1e-3 * r["cs"], rel=0.5)
+
+
+def test_init_file_records_every_step(finished):
+    """init.jsonl: steps 0..I, CS falls, and its last value is the CS measured before epoch 1."""
+    out, summary = finished
+    lines = read_jsonl(out / "init.jsonl")
+    assert [r["step"] for r in lines] == [0, 1, 2, 3]
+    assert lines[-1]["cs"] < lines[0]["cs"]
+    assert lines[-1]["cs"] == pytest.approx(summary["initial"]["cs"], rel=1e-6)
+
+
+def test_load_run_reconstructs_the_model(finished):
+    """load_run's model reproduces the run's final test accuracy and loss exactly."""
+    out, summary = finished
+    model, config, loaded = T.load_run(out)
+    assert config.epochs == 3 and loaded["status"] == "complete"
+    d = T.load_data(config, torch.device("cpu"), torch.contiguous_format)
+    res = T.evaluate(model, d["test_x"], d["test_y"], config, DistEnv())
+    assert res["test_acc"] == summary["test_acc"]
+    assert res["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
+
+
+def test_load_run_rejects_a_folder_without_a_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="summary.json is missing"):
+        T.load_run(tmp_path)
+
+
+def test_beta_lowers_cs(tmp_path, straight):
+    """The CS regulariser (large beta) ends with lower all-pairs CS than plain training, same seed."""
+    _, plain = straight
+    summary = T.train(make_config(tmp_path, beta=1.0))
+    assert summary["cs"] < plain["cs"]
+
+
+@pytest.mark.parametrize("penalty", ["so", "decov"])
+def test_penalty_enters_the_loss(tmp_path, penalty):
+    """A baseline penalty (weight-based or activation-based) is added: reg_loss > 0."""
+    summary = T.train(make_config(tmp_path, epochs=1, penalty=penalty, penalty_weight=0.1))
+    assert summary["final"]["reg_loss"] > 0
+
+
+def test_channels_last_matches_contiguous(tmp_path, straight):
+    """channels_last changes the memory layout, not the training: metrics agree to float tolerance."""
+    _, ref = straight
+    got = T.train(make_config(tmp_path, epochs=1, channels_last=True))
+    first = read_jsonl(straight[0] / "metrics.jsonl")[0]
+    assert got["final"]["train_loss"] == pytest.approx(first["train_loss"], rel=1e-4)
+    assert got["final"]["cs"] == pytest.approx(first["cs"], rel=1e-4)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    """bf16 autocast runs end to end with finite losses."""
+    summary = T.train(make_config(tmp_path, epochs=1, bf16=True))
+    assert math.isfinite(summary["train_loss"]) and math.isfinite(summary["test_loss"])
+
+
+# ---------------------------------------------------------------- resume and interruption
+
+
+def test_resume_is_bit_identical(tmp_path, straight):
+    """1 epoch + resume + 1 epoch gives the same metrics (but seconds) and weights as 2 epochs straight."""
+    ref_out, _ = straight
+    T.train(make_config(tmp_path, epochs=1))
+    T.train(make_config(tmp_path, epochs=2, resume=True))
+    assert without_seconds(read_jsonl(tmp_path / "metrics.jsonl")) == without_seconds(
+        read_jsonl(ref_out / "metrics.jsonl"))
+    assert_same_state(checkpoint_model(tmp_path), checkpoint_model(ref_out))
+
+
+def test_interrupted_run_resumes_exactly(tmp_path, straight, monkeypatch):
+    """Ctrl-C mid-epoch 2 keeps checkpoint and metrics at epoch 1; resuming matches the straight run."""
+    ref_out, _ = straight
+    real_step, calls = T.train_step, []
+
+    def interrupting_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 8 + 3:  # 256 / 32 = 8 steps per epoch: 3 steps into epoch 2
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(T, "train_step", interrupting_step)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(make_config(tmp_path))
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1]
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(T, "train_step", real_step)
+    T.train(make_config(tmp_path, resume=True))
+    assert without_seconds(read_jsonl(tmp_path / "metrics.jsonl")) == without_seconds(
+        read_jsonl(ref_out / "metrics.jsonl"))
+    assert_same_state(checkpoint_model(tmp_path), checkpoint_model(ref_out))
+
+
+def test_resume_drops_metrics_lines_beyond_the_checkpoint(tmp_path):
+    """A metrics line without a checkpoint behind it (torn write) is dropped on resume."""
+    T.train(make_config(tmp_path, epochs=1))
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 2, "stale": True}) + "\n")
+    T.train(make_config(tmp_path, epochs=2, resume=True))
+    records = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2] and "stale" not in records[1]
+
+
+def test_resume_of_a_finished_run_does_nothing(straight):
+    """Resuming a complete run with the same epochs trains nothing and returns its summary."""
+    out, summary = straight
+    before = (out / "metrics.jsonl").read_text(), (out / "checkpoint.pt").stat().st_mtime_ns
+    again = T.train(make_config(out, resume=True))
+    assert again == json.loads((out / "summary.json").read_text())
+    assert again["epochs_run"] == summary["epochs_run"] and again["test_acc"] == summary["test_acc"]
+    assert ((out / "metrics.jsonl").read_text(), (out / "checkpoint.pt").stat().st_mtime_ns) == before
+
+
+def test_existing_run_needs_resume(straight):
+    with pytest.raises(T.ConfigError, match="already holds a run"):
+        T.train(make_config(straight[0]))
+
+
+def test_resume_rejects_a_changed_config(straight):
+    with pytest.raises(T.ConfigError, match=r"config differs.*lr: stored 0.003, given 0.1"):
+        T.train(make_config(straight[0], epochs=3, lr=0.1, resume=True))
+
+
+# ---------------------------------------------------------------- command line
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser()
+    T.add_arguments(p)
+    return p
+
+
+def test_cli_flags_round_trip_to_the_config():
+    """to_argv -> parse -> config_from_args gives back a config with every field changed."""
+    config = T.TrainConfig(model="cnn2", width=0.5, dataset="mnist", data_dir="/data", download=True,
+                           train_subset=512, test_subset=100, epochs=3, batch_size=64, optimizer="adam", lr=0.1,
+                           momentum=0.5, weight_decay=1e-4, schedule="cosine", beta=0.01, cs_pairs="adjacent",
+                           cs_channels="cross", cs_normalize=True, init_iters=7, init_lr=0.01,
+                           init_optimizer="train", penalty="srip", penalty_weight=0.5, early_stop="validation",
+                           patience=3, es_k=10, es_samples=300, val_fraction=0.1, es_restore=False, seed=5,
+                           device="cpu", out="x/y", resume=True, channels_last=True, bf16=True, threads=1,
+                           eval_batch=50, fm_batch=32, verbose=False)
+    default = T.TrainConfig()
+    assert all(getattr(config, f) != getattr(default, f) for f in T.CONFIG_FIELDS)
+    assert T.config_from_args(parser().parse_args(T.to_argv(config))) == config
+
+
+def test_cli_uses_kebab_case_flags():
+    args = parser().parse_args(["--train-subset", "10", "--cs-normalize", "--init-iters", "5", "--no-es-restore"])
+    config = T.config_from_args(args)
+    assert (config.train_subset, config.cs_normalize, config.init_iters, config.es_restore) == (10, True, 5, False)
+
+
+def test_cli_without_flags_gives_the_defaults():
+    assert T.config_from_args(parser().parse_args([])) == T.TrainConfig()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epochs", 0, "epochs must be >= 1"),
+    ("lr", -1.0, "lr must be > 0"),
+    ("momentum", 1.0, r"momentum must be in \[0, 1\)"),
+    ("val_fraction", 1.5, r"val_fraction must be in \(0, 1\)"),
+    ("model", "vgg", "model must be one of cnn1, cnn2, resnet18"),
+    ("penalty", "l2", "penalty must be one of none, so, dso"),
+    ("early_stop", "loss", "early_stop must be one of none, cwnnk, validation"),
+    ("fm_batch", 1, "fm_batch must be >= 2"),
+])
+def test_bad_values_raise_clear_errors(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        T.TrainConfig(**{field: value})
+
+
+def test_wrong_type_raises_type_error():
+    with pytest.raises(TypeError, match="epochs must be a int"):
+        T.TrainConfig(epochs="3")
+
+
+def test_parser_rejects_unknown_choices(capsys):
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--optimizer", "rmsprop"])
+    assert "invalid choice: 'rmsprop'" in capsys.readouterr().err
+
+
+def test_run_reports_a_bad_value_and_returns_2(tmp_path, capsys):
+    args = parser().parse_args(["--epochs", "0", "--out", str(tmp_path)])
+    assert T.run(args) == 2
+    assert "convsim train: error: epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_incompatible_model_and_dataset_is_a_config_error(tmp_path):
+    """cnn1 needs at least 17x17 inputs: on 8x8 digits the error names the combination."""
+    with pytest.raises(T.ConfigError, match="cnn1.*digits"):
+        T.train(make_config(tmp_path, dataset="digits"))
+
+
+def test_cli_resume_takes_the_stored_config(tmp_path):
+    """`convsim train --out D --resume --epochs 2` continues D with its own flags (here lr and optimizer)."""
+    from convsim.cli import main
+
+    common = ["--out", str(tmp_path), "--device", "cpu", "--threads", "1", "--no-verbose"]
+    first = ["train", "--dataset", "synthetic", "--train-subset", "128", "--test-subset", "64", "--fm-batch", "32",
+             "--batch-size", "32", "--optimizer", "adam", "--lr", "0.002", "--epochs", "1"] + common
+    assert main(first) == 0
+    assert main(["train", "--resume", "--epochs", "2"] + common) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["epochs_run"], summary["config"]["lr"], summary["config"]["optimizer"]) == (2, 0.002, "adam")
+
+
+# ---------------------------------------------------------------- schedule and splits
+
+
+def test_lr_factor_cosine_and_step():
+    e = 10
+    assert [T.lr_factor("cosine", k, e) for k in (1, 6)] == [1.0, pytest.approx(0.5)]
+    assert T.lr_factor("cosine", 10, e) == pytest.approx(0.5 * (1 + math.cos(math.pi * 9 / 10)))
+    assert [T.lr_factor("step", k, e) for k in (5, 6, 8, 9)] == [1.0, 0.1, 0.1, 0.01]
+    assert T.lr_factor("none", 7, e) == 1.0
+
+
+def test_stratified_split_is_disjoint_complete_and_stratified():
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)[torch.randperm(100, generator=torch.Generator().manual_seed(0))]
+    keep, held = T.stratified_split(labels, 0.2, seed=3)
+    assert torch.equal(torch.sort(torch.cat([keep, held])).values, torch.arange(100))
+    assert torch.bincount(labels[held]).tolist() == [10, 6, 4]
+    assert torch.equal(held, T.stratified_split(labels, 0.2, seed=3)[1])
+
+
+# ---------------------------------------------------------------- early stopping
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_freezer_keeps_frozen_filters_bit_identical(optimizer):
+    """Momentum and weight decay do not move a frozen filter; the others move."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 3)
+    opt = (torch.optim.SGD(conv.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1) if optimizer == "sgd"
+           else torch.optim.Adam(conv.parameters(), lr=0.1, weight_decay=0.1))
+    x = torch.randn(4, 2, 6, 6)
+    fr = T.ChannelFreezer(conv)
+    for step in range(6):
+        if step == 2:
+            fr.freeze(torch.tensor([False, True, False]))
+            w1, b1, other = conv.weight[1].clone(), conv.bias[1].clone(), conv.weight[0].clone()
+        opt.zero_grad()
+        conv(x).square().sum().backward()
+        fr.zero_frozen_grads()
+        opt.step()
+        fr.restore_frozen()
+    assert torch.equal(conv.weight[1], w1) and torch.equal(conv.bias[1], b1)
+    assert not torch.equal(conv.weight[0], other)
+
+
+def test_validation_stopper_counts_patience():
+    es = T.ValidationEarlyStopping(patience=2)
+    steps = [es.step(e, i + 1) for i, e in enumerate([0.5, 0.4, 0.45, 0.38, 0.38, 0.39])]
+    assert [s[0] for s in steps] == [True, True, False, True, False, False]
+    assert [s[1] for s in steps] == [False, False, False, False, False, True]
+    assert (es.best_epoch, es.stop_epoch) == (4, 6)
+
+
+def scripted_errors(monkeypatch, script):
+    """Replace the NNK LOO error by ``script(call_number) -> list of per-channel errors``."""
+    import convsim.nnk
+
+    calls = []
+
+    def fake(activations, labels, *, k=25, kernel="cosine"):
+        calls.append(1)
+        assert activations.shape[0] == labels.shape[0]
+        return torch.tensor(script(len(calls)), dtype=torch.float64)
+
+    monkeypatch.setattr(convsim.nnk, "channel_loo_error", fake, raising=False)
+    return calls
+
+
+def test_cwnnk_freezes_a_channel_that_stops_improving(tmp_path, monkeypatch):
+    """Channel 0's error stalls after epoch 1: with patience 1 it freezes at epoch 2 and its filter
+    stays bit-identical through epochs 3-4 while the other filters keep training."""
+    scripted_errors(monkeypatch, lambda n: [0.5, 1 / n, 1 / n, 1 / n])
+    config = make_config(tmp_path, early_stop="cwnnk", patience=1, es_samples=64)
+    T.train(config)
+    at_freeze = checkpoint_model(tmp_path)
+    summary = T.train(make_config(tmp_path, early_stop="cwnnk", patience=1, es_samples=64, epochs=4, resume=True))
+    final = checkpoint_model(tmp_path)
+    records = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["es_frozen"] for r in records] == [[False] * 4] + [[True, False, False, False]] * 3
+    assert [r["es_patience"][0] for r in records] == [1, 0, 0, 0]
+    assert torch.equal(final["conv4.weight"][0], at_freeze["conv4.weight"][0])
+    assert torch.equal(final["conv4.bias"][0], at_freeze["conv4.bias"][0])
+    assert not torch.equal(final["conv4.weight"][1], at_freeze["conv4.weight"][1])
+    assert summary["status"] == "complete" and summary["early_stop"]["frozen_epoch"] == [2, 0, 0, 0]
+
+
+def test_cwnnk_stops_when_every_channel_is_frozen(tmp_path, monkeypatch):
+    """Constant errors: all channels freeze at epoch 2, training stops and the epoch-1 weights
+    (last improvement) are delivered."""
+    calls = scripted_errors(monkeypatch, lambda n: [0.3, 0.3, 0.3, 0.3])
+    summary = T.train(make_config(tmp_path, epochs=6, early_stop="cwnnk", patience=1, es_samples=64))
+    records = read_jsonl(tmp_path / "metrics.jsonl")
+    assert len(calls) == 2 and [r["epoch"] for r in records] == [1, 2]
+    es = summary["early_stop"]
+    assert summary["status"] == "stopped early"
+    assert (es["stop_epoch"], es["restore_epoch"]) == (2, 1)
+    assert es["test_acc_at_stop"] == records[1]["test_acc"]
+    assert summary["test_acc"] == es["test_acc_restored"] == records[0]["test_acc"]
+
+
+def test_validation_early_stopping_stops_and_restores_the_best_epoch(tmp_path):
+    """With a negligible learning rate the validation error never improves after epoch 1: training
+    stops at epoch 1 + patience and the delivered weights are exactly those after epoch 1."""
+    kw = dict(early_stop="validation", patience=2, optimizer="sgd", lr=1e-12, momentum=0.0, val_fraction=0.25)
+    summary = T.train(make_config(tmp_path / "es", epochs=6, **kw))
+    T.train(make_config(tmp_path / "one", epochs=1, **kw))
+    es = summary["early_stop"]
+    assert summary["status"] == "stopped early" and (es["stop_epoch"], es["restore_epoch"]) == (3, 1)
+    records = read_jsonl(tmp_path / "es" / "metrics.jsonl")
+    assert {"val_loss", "val_acc", "val_error", "es_patience"} <= records[0].keys()
+    assert_same_state(checkpoint_model(tmp_path / "es"), checkpoint_model(tmp_path / "one"))
+
+
+def test_cwnnk_with_the_real_loo_error_logs_every_channel(tmp_path):
+    """End to end with convsim.nnk: one LOO error in [0, 1] per channel of the last conv, every epoch."""
+    T.train(make_config(tmp_path, early_stop="cwnnk", es_samples=100, es_k=10))
+    records = read_jsonl(tmp_path / "metrics.jsonl")
+    for r in records:
+        assert len(r["es_errors"]) == len(r["es_patience"]) == len(r["es_frozen"]) == 4
+        assert all(0.0 <= e <= 1.0 for e in r["es_errors"])
+
+
+def test_cwnnk_needs_more_samples_than_neighbours(tmp_path):
+    with pytest.raises(T.ConfigError, match=r"es_k \(25\) must be smaller"):
+        T.train(make_config(tmp_path, early_stop="cwnnk", es_samples=20))
