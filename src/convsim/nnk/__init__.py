@@ -1,0 +1,25 @@
+"""NNK neighbourhoods, NNK graphs and channel-wise NNK (CW-NNK) overlap analysis.
+
+* :func:`nnk_neighbors` -- NNK neighbourhoods of points (exact batched active set or fast
+  projected gradient; cosine or Gaussian kernel).
+* :func:`nnk_graph` -- the symmetric NNK graph as a ``scipy.sparse`` matrix.
+* :func:`channel_overlap`, :func:`channel_loo_error`, :func:`layer_overlap` -- channel-wise NNK
+  of conv-layer activations: neighbour counts, channel overlap (M1, M1w, M2, M3), LOO error.
+"""
+from .channels import ChannelOverlap, channel_loo_error, channel_overlap, layer_overlap
+from .graph import nnk_graph
+from .neighbors import NNKResult, nnk_neighbors
+from .solvers import SolveResult, active_set, projected_gradient
+
+__all__ = [
+    "NNKResult",
+    "nnk_neighbors",
+    "nnk_graph",
+    "ChannelOverlap",
+    "channel_overlap",
+    "channel_loo_error",
+    "layer_overlap",
+    "SolveResult",
+    "active_set",
+    "projected_gradient",
+]

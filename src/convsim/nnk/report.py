@@ -1,0 +1,399 @@
+r"""``convsim overlap``: channel-wise NNK analysis of trained runs, with figures and a report section.
+
+For every run directory (``convsim train``'s output: ``summary.json`` + ``checkpoint.pt``) the model
+is rebuilt with :func:`convsim.train.load_run`, ``n_samples`` images of its dataset (``split``,
+a seeded subset that is the same for every run of a dataset) are normalised and passed through
+it, and :func:`convsim.nnk.layer_overlap` analyses every conv layer. Per layer the summary keeps
+the mean NNK count per channel (:math:`\bar n^c`) and of the whole layer (:math:`\bar n`), the
+overlap scores M1 (mean off-diagonal Jaccard), M1w, M2 (union ratio; redundancy = 1 - M2) and M3
+(aggregate ratio), dead channels and the LOO label-interpolation errors. Across runs, the last conv
+layer's measures are correlated with the run's final test accuracy (Pearson and Spearman,
+``scipy.stats``; reported when at least 3 runs vary).
+
+Files written to ``out_dir``: ``overlap.json`` (every figure's numbers), ``counts_vs_depth.png``,
+``overlap_vs_depth.png``, ``overlap_heatmaps.png`` (M1 of the last conv layer per run) and
+``overlap_vs_accuracy.png``; the command also writes ``overlap.md``.
+
+    convsim overlap runs/quick/runs/* --out runs/quick/overlap --n-samples 2000 -k 25
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from ..io import atomic_write, atomic_write_json, atomic_write_text
+from .channels import ChannelOverlap, layer_overlap
+from .neighbors import KERNELS
+from .solvers import SOLVERS
+
+__all__ = ["overlap_analysis", "overlap_markdown", "add_arguments", "run", "MEASURES"]
+
+# last-conv-layer measures correlated with test accuracy: key -> description
+MEASURES = {
+    "jaccard_score": "M1, mean off-diagonal Jaccard of channel neighbourhoods",
+    "weighted_score": "M1w, weighted neighbourhood overlap",
+    "redundancy": "1 - M2, shared share of the channel neighbours",
+    "aggregate_ratio": "M3, layer count / sum of channel counts",
+    "mean_channel_count": "mean NNK count per channel",
+    "mean_layer_count": "mean NNK count of the whole layer",
+    "mean_channel_loo": "mean per-channel LOO error",
+    "layer_loo": "LOO error of the whole layer",
+}
+FIGURES = ("counts_vs_depth.png", "overlap_vs_depth.png", "overlap_heatmaps.png", "overlap_vs_accuracy.png")
+MAX_HEATMAPS = 12
+
+
+def _layer_summary(depth: int, name: str, r: ChannelOverlap, activation_shape: Sequence[int]) -> dict:
+    live = ~r.dead
+    counts = r.counts.double()
+    out = {
+        "depth": depth,
+        "name": name,
+        "channels": int(r.counts.shape[1]),
+        "map_size": int(np.prod(activation_shape[2:])) if len(activation_shape) > 2 else 1,
+        "dead": int(r.dead.sum()),
+        "mean_channel_count": float(counts[:, live].mean()) if bool(live.any()) else 0.0,
+        "mean_layer_count": float(r.aggregate_counts.double().mean()),
+        "mean_sum_channel_counts": float(counts.sum(1).mean()),
+        "jaccard_score": r.jaccard_score,
+        "weighted_score": r.weighted_score,
+        "union_ratio": float(r.union_ratio),
+        "redundancy": 1.0 - float(r.union_ratio),
+        "aggregate_ratio": float(r.aggregate_ratio),
+        "saturated": float(r.saturated),
+        "zero_fraction": float(r.zero_fraction[live].mean()) if bool(live.any()) else 1.0,
+    }
+    if r.loo_error is not None:
+        out["mean_channel_loo"] = float(r.loo_error[live].mean()) if bool(live.any()) else 1.0
+        out["layer_loo"] = float(r.layer_loo_error)
+    return out
+
+
+def _correlation(x: Sequence[float], y: Sequence[float]) -> dict:
+    from scipy import stats
+
+    pts = [(a, b) for a, b in zip(x, y) if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
+    res: dict[str, Any] = {"n": len(pts), "pearson_r": None, "pearson_p": None, "spearman_r": None,
+                           "spearman_p": None}
+    if len(pts) < 3:
+        return res
+    xs, ys = np.array(pts).T
+    if np.ptp(xs) == 0 or np.ptp(ys) == 0:
+        return res
+    pr = stats.pearsonr(xs, ys)
+    sr = stats.spearmanr(xs, ys)
+    res.update(pearson_r=float(pr[0]), pearson_p=float(pr[1]), spearman_r=float(sr[0]), spearman_p=float(sr[1]))
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in res.items()}
+
+
+def _run_label(run_dir: Path, config, summary: dict) -> str:
+    spec = run_dir / "spec.json"
+    if spec.exists():
+        try:
+            s = json.loads(spec.read_text())
+            if s.get("name"):
+                return str(s["name"])
+        except (OSError, json.JSONDecodeError):
+            pass
+    return run_dir.name
+
+
+def _samples(dataset: str, split: str, n_samples: int, seed: int, root) -> tuple[torch.Tensor, torch.Tensor]:
+    from .. import data
+
+    images, labels = data.load(dataset, split, root=root)
+    if images.shape[0] > n_samples:
+        pick = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n_samples].sort().values
+        images, labels = images[pick], labels[pick]
+    return data.normalize(images, dataset), labels
+
+
+def overlap_analysis(
+    run_dirs: Iterable[str | Path],
+    out_dir: str | Path,
+    *,
+    n_samples: int = 2000,
+    k: int = 25,
+    kernel: str = "cosine",
+    solver: str = "exact",
+    split: str = "train",
+    layers: Optional[Sequence[str]] = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    data_dir: Optional[str] = None,
+    figures: bool = True,
+) -> dict:
+    r"""CW-NNK analysis of trained runs; writes ``overlap.json`` and the figures to ``out_dir``.
+
+    Args:
+        run_dirs: run directories of ``convsim train`` (``summary.json`` + ``checkpoint.pt``).
+        out_dir: output folder (created).
+        n_samples: images analysed per run (a seeded subset of ``split``, the same for every run
+            of a dataset).
+        k, kernel, solver: NNK options (:func:`convsim.nnk.channel_overlap`).
+        split: ``"train"`` (the CW-NNK papers use training data) or ``"test"``.
+        layers: module names; default every conv layer of each model.
+        seed: seed of the image subset.
+        batch_size: forward batch size.
+        data_dir: dataset folder; default the one in each run's config.
+        figures: write the PNG figures.
+
+    Returns:
+        JSON-ready dict: ``options``, ``runs`` (per run: name, path, model, width, dataset, seed,
+        ``test_acc``, ``layers`` (per-layer summaries in depth order), ``last_layer`` with its M1 /
+        M1w matrices), ``correlations`` (per measure of :data:`MEASURES`: Pearson/Spearman r and p
+        against test accuracy over the runs, ``None`` with fewer than 3 varying runs),
+        ``figures`` (file names in ``out_dir``) and ``out_dir``.
+
+    Example:
+        >>> result = overlap_analysis(["runs/a", "runs/b", "runs/c"], "runs/overlap")  # doctest: +SKIP
+        >>> print(overlap_markdown(result))  # doctest: +SKIP
+    """
+    from ..train import load_run  # the trainer is heavy; import on use
+
+    run_dirs = [Path(p) for p in run_dirs]
+    if not run_dirs:
+        raise ValueError("overlap_analysis needs at least one run directory")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+    runs = []
+    for rd in run_dirs:
+        model, config, summary = load_run(rd)
+        key = (config.dataset, data_dir or getattr(config, "data_dir", None))
+        if key not in cache:
+            cache[key] = _samples(config.dataset, split, n_samples, seed, key[1])
+        x, y = cache[key]
+        shapes: dict[str, tuple] = {}
+        res = layer_overlap(model, x, layers=layers, n_samples=x.shape[0], batch_size=batch_size, labels=y, seed=seed,
+                            k=k, kernel=kernel, solver=solver)
+        with torch.no_grad():  # map sizes, from one sample
+            from ..hooks import capture
+
+            with capture(model, list(res)) as store:
+                model(x[:1])
+            shapes = {name: tuple(store[name].shape) for name in res}
+        per_layer = [_layer_summary(i + 1, name, r, shapes[name]) for i, (name, r) in enumerate(res.items())]
+        last_name, last = list(res.items())[-1]
+        runs.append({
+            "name": _run_label(rd, config, summary),
+            "path": str(rd),
+            "model": getattr(config, "model", None),
+            "width": getattr(config, "width", None),
+            "dataset": config.dataset,
+            "seed": getattr(config, "seed", None),
+            "test_acc": summary.get("test_acc"),
+            "layers": per_layer,
+            "last_layer": {**per_layer[-1], "jaccard": last.jaccard.tolist(),
+                           "weighted_overlap": last.weighted_overlap.tolist(), "dead_channels": last.dead.tolist(),
+                           "loo_error": None if last.loo_error is None else last.loo_error.tolist()},
+        })
+    accs = [r["test_acc"] for r in runs]
+    correlations = {m: _correlation([r["last_layer"].get(m) for r in runs], accs) for m in MEASURES}
+    result = {
+        "options": {"n_samples": int(n_samples), "k": k, "kernel": kernel, "solver": solver, "split": split,
+                    "seed": seed, "layers": list(layers) if layers else None},
+        "runs": runs,
+        "correlations": correlations,
+        "figures": [],
+        "out_dir": str(out_dir),
+    }
+    if figures:
+        result["figures"] = _figures(result, out_dir)
+    atomic_write_json(out_dir / "overlap.json", result)
+    return result
+
+
+# ------------------------------------------------------------------------------------------ figures
+
+
+def _new_figure(ncols: int, width: float = 4.6, height: float = 3.4, nrows: int = 1):
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(nrows * ncols)]
+    return fig, axes
+
+
+def _save(fig, path: Path) -> None:
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+
+
+def _figures(result: dict, out_dir: Path) -> list[str]:
+    from matplotlib.ticker import MaxNLocator
+
+    runs = result["runs"]
+    legend = len(runs) <= 12
+    # 1. counts against depth: per-channel mean vs whole-layer mean
+    fig, (a, b) = _new_figure(2)
+    for r in runs:
+        d = [lay["depth"] for lay in r["layers"]]
+        line, = a.plot(d, [lay["mean_channel_count"] for lay in r["layers"]], marker="o", ms=3, label=r["name"])
+        b.plot(d, [lay["mean_layer_count"] for lay in r["layers"]], marker="o", ms=3, color=line.get_color())
+    a.set(xlabel="conv layer (depth)", ylabel="mean NNK count", title="per channel")
+    b.set(xlabel="conv layer (depth)", ylabel="mean NNK count", title="whole layer")
+    if legend:
+        a.legend(fontsize=6)
+    _save(fig, out_dir / FIGURES[0])
+    # 2. redundancy (1 - M2) and M3 against depth
+    fig, (a, b) = _new_figure(2)
+    for r in runs:
+        d = [lay["depth"] for lay in r["layers"]]
+        line, = a.plot(d, [lay["redundancy"] for lay in r["layers"]], marker="o", ms=3, label=r["name"])
+        b.plot(d, [lay["aggregate_ratio"] for lay in r["layers"]], marker="o", ms=3, color=line.get_color())
+    a.set(xlabel="conv layer (depth)", ylabel="1 - M2", title="redundancy (shared channel neighbours)")
+    b.set(xlabel="conv layer (depth)", ylabel="M3", title="layer count / sum of channel counts")
+    if legend:
+        a.legend(fontsize=6)
+    _save(fig, out_dir / FIGURES[1])
+    # 3. M1 heat maps of the last conv layer
+    shown = runs[:MAX_HEATMAPS]
+    ncols = min(4, len(shown))
+    nrows = -(-len(shown) // ncols)
+    fig, axes = _new_figure(ncols, 3.2, 3.0, nrows)
+    for ax, r in zip(axes, shown):
+        im = ax.imshow(np.array(r["last_layer"]["jaccard"]), vmin=0, vmax=1, cmap="viridis")
+        ax.set_title(f"{r['name']}\n{r['last_layer']['name']} (M1)", fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes[len(shown):]:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes, shrink=0.8)
+    _save(fig, out_dir / FIGURES[2])
+    # 4. last-layer overlap against test accuracy
+    fig, axes = _new_figure(2)
+    acc = [r["test_acc"] for r in runs]
+    for ax, m in zip(axes, ("aggregate_ratio", "redundancy")):
+        xs = [r["last_layer"][m] for r in runs]
+        pts = [(x, y) for x, y in zip(xs, acc) if y is not None]
+        if pts:
+            px, py = np.array(pts).T
+            ax.scatter(px, py, s=18)
+            c = result["correlations"][m]
+            if c["pearson_r"] is not None:
+                slope, icpt = np.polyfit(px, py, 1)
+                grid = np.linspace(px.min(), px.max(), 20)
+                ax.plot(grid, slope * grid + icpt, color="C3", lw=1)
+                ax.set_title(f"Pearson r = {c['pearson_r']:.2f}, Spearman = {c['spearman_r']:.2f} (n={c['n']})",
+                             fontsize=8)
+            else:
+                ax.set_title(f"n = {c['n']}: too few varying runs for r", fontsize=8)
+        ax.set(xlabel=f"last conv layer: {MEASURES[m]}", ylabel="test accuracy")
+        ax.xaxis.label.set_size(8)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
+        ax.tick_params(labelsize=7)
+    _save(fig, out_dir / FIGURES[3])
+    return list(FIGURES)
+
+
+# ------------------------------------------------------------------------------------------ markdown
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}" if math.isfinite(v) else "–"
+    return str(v)
+
+
+def overlap_markdown(result: dict, figure_dir: Optional[str] = None) -> str:
+    """A report section (markdown, no top heading) for the result of :func:`overlap_analysis`.
+
+    ``figure_dir`` is the figures' folder relative to the markdown file; default the name of the
+    analysis folder (``overlap/`` when the section sits in a report one level up).
+    """
+    o = result["options"]
+    prefix = Path(result.get("out_dir", "")).name if figure_dir is None else figure_dir
+    prefix = "" if prefix in ("", ".") else prefix.rstrip("/") + "/"
+    lines = [
+        f"Channel-wise NNK (CW-NNK) on {o['n_samples']} {o['split']} images per run, k = {o['k']} candidates, "
+        f"{o['kernel']} kernel, {o['solver']} solver. Per channel, each image's flattened feature map is a point; "
+        "the whole layer (channels concatenated) is analysed alongside. M1 = mean off-diagonal Jaccard of the "
+        "channels' NNK neighbourhoods, M2 = |union of channel neighbourhoods| / sum of their sizes (1 - M2 = "
+        "redundancy), M3 = layer count / sum of channel counts (about 1/C for redundant channels, larger for "
+        "complementary ones). Dead channels are excluded. LOO = leave-one-out NNK label interpolation error.",
+        "",
+        "**Last conv layer**",
+        "",
+        "| run | layer | C | dead | mean count per channel | layer count | M1 | 1 - M2 | M3 | channel LOO | layer LOO "
+        "| test acc |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["runs"]:
+        L = r["last_layer"]
+        lines.append(f"| {r['name']} | {L['name']} | {L['channels']} | {L['dead']} | {_fmt(L['mean_channel_count'], 2)} "
+                     f"| {_fmt(L['mean_layer_count'], 2)} | {_fmt(L['jaccard_score'])} | {_fmt(L['redundancy'])} "
+                     f"| {_fmt(L['aggregate_ratio'])} | {_fmt(L.get('mean_channel_loo'))} | {_fmt(L.get('layer_loo'))} "
+                     f"| {_fmt(r['test_acc'], 4)} |")
+    lines += ["", "**Correlation with test accuracy across runs (last conv layer)**", "",
+              "| measure | n | Pearson r | p | Spearman r | p |", "|---|---|---|---|---|---|"]
+    for m, c in result["correlations"].items():
+        lines.append(f"| {MEASURES[m]} | {c['n']} | {_fmt(c['pearson_r'], 2)} | {_fmt(c['pearson_p'], 3)} "
+                     f"| {_fmt(c['spearman_r'], 2)} | {_fmt(c['spearman_p'], 3)} |")
+    if all(c["pearson_r"] is None for c in result["correlations"].values()):
+        lines += ["", "_Correlations need at least 3 runs whose values vary._"]
+    lines += ["", "**Every conv layer**", "",
+              "| run | depth | layer | C | dead | count per channel | layer count | M1 | 1 - M2 | M3 |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["runs"]:
+        for L in r["layers"]:
+            lines.append(f"| {r['name']} | {L['depth']} | {L['name']} | {L['channels']} | {L['dead']} "
+                         f"| {_fmt(L['mean_channel_count'], 2)} | {_fmt(L['mean_layer_count'], 2)} "
+                         f"| {_fmt(L['jaccard_score'])} | {_fmt(L['redundancy'])} | {_fmt(L['aggregate_ratio'])} |")
+    if result.get("figures"):
+        lines.append("")
+        captions = {
+            FIGURES[0]: "NNK counts per channel and of the whole layer against depth",
+            FIGURES[1]: "Redundancy (1 - M2) and M3 against depth",
+            FIGURES[2]: "M1 overlap matrices of the last conv layer",
+            FIGURES[3]: "Last-conv-layer overlap against test accuracy",
+        }
+        for f in result["figures"]:
+            lines.append(f"![{captions.get(f, f)}]({prefix}{f})")
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of convsim train")
+    parser.add_argument("--out", required=True, help="output folder: overlap.json, overlap.md, figures")
+    parser.add_argument("--n-samples", type=int, default=2000, help="images per run (default 2000)")
+    parser.add_argument("-k", type=int, default=25, help="NNK candidates per point (default 25)")
+    parser.add_argument("--kernel", choices=KERNELS, default="cosine", help="kernel (default cosine)")
+    parser.add_argument("--solver", choices=SOLVERS, default="exact", help="NNK solver (default exact)")
+    parser.add_argument("--split", choices=("train", "test"), default="train", help="images from (default train)")
+    parser.add_argument("--layers", default=None, help="comma-separated module names (default: every conv layer)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the image subset")
+    parser.add_argument("--batch-size", type=int, default=256, help="forward batch size")
+    parser.add_argument("--data-dir", default=None, help="dataset folder (default: each run's)")
+    parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+
+
+def run(args: argparse.Namespace) -> int:
+    layers = [s for s in args.layers.split(",") if s] if args.layers else None
+    result = overlap_analysis(args.run_dirs, args.out, n_samples=args.n_samples, k=args.k, kernel=args.kernel,
+                              solver=args.solver, split=args.split, layers=layers, seed=args.seed,
+                              batch_size=args.batch_size, data_dir=args.data_dir, figures=not args.no_figures)
+    atomic_write_text(Path(args.out) / "overlap.md", "# Channel-wise NNK overlap\n\n" + overlap_markdown(result, "."))
+    for r in result["runs"]:
+        L = r["last_layer"]
+        print(f"{r['name']}: last conv layer {L['name']}: M1 {L['jaccard_score']:.3f}  1-M2 {L['redundancy']:.3f}  "
+              f"M3 {L['aggregate_ratio']:.3f}  test acc {_fmt(r['test_acc'], 4)}")
+    print(f"wrote {Path(args.out) / 'overlap.json'} and {Path(args.out) / 'overlap.md'}")
+    return 0

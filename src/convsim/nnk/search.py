@@ -1,0 +1,213 @@
+r"""Exact k-nearest-neighbour candidate search, chunked so memory stays bounded.
+
+Points come in *groups* (one group per channel in the channel-wise analysis): ``X`` has shape
+``(G, n, d)`` and every group is searched independently. Neighbours are ranked by the Euclidean
+distance, through the score :math:`\|x_j\|^2-2\langle x_i,x_j\rangle` (the squared distance minus
+the query's own norm) computed blockwise with one fused batched product, then ``topk``; or by a
+FAISS flat index when it is importable and chosen. A query that is itself a database point is
+excluded from its own candidates **by index identity**: ``k+1`` points are taken and the query is
+removed from them, or the farthest one when the query is not among them (which happens only when
+more than ``k`` exact duplicates tie with it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import torch
+
+from .solvers import cpu_threads
+
+__all__ = ["Block", "candidate_blocks", "faiss_available", "BACKENDS"]
+
+BACKENDS = ("auto", "torch", "faiss")
+
+
+def faiss_available() -> bool:
+    """True when ``faiss`` can be imported (it is optional, never required)."""
+    try:
+        import faiss  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@dataclass
+class Block:
+    """Candidates of the queries ``rows`` of the groups ``groups`` (Gc groups, q queries).
+
+    Attributes:
+        groups: slice of groups.
+        rows: slice of queries.
+        index: (Gc, q, k) candidate indices into the database, nearest first; -1 where a query has
+            fewer than k eligible points.
+        dist2: (Gc, q, k) squared Euclidean distances (search dtype; ``inf`` where missing).
+        gram: (Gc, n, n) inner products of the whole groups when they were computed (queries =
+            all points), else ``None``.
+    """
+
+    groups: slice
+    rows: slice
+    index: torch.Tensor
+    dist2: torch.Tensor
+    gram: Optional[torch.Tensor] = None
+
+
+def _drop_self(val: torch.Tensor, idx: torch.Tensor, self_cols: torch.Tensor):
+    """From k+1 sorted candidates remove the query itself (by index), else the farthest."""
+    kk = idx.shape[-1]
+    is_self = idx == self_cols.view(1, -1, 1)
+    drop = torch.where(is_self.any(-1), is_self.int().argmax(-1), torch.full_like(idx[..., 0], kk - 1))
+    keep = torch.arange(kk, device=idx.device) != drop.unsqueeze(-1)
+    shape = (*idx.shape[:-1], kk - 1)
+    return val[keep].view(shape), idx[keep].view(shape)
+
+
+def _select(score, sq_q, k, self_cols, threads=None):
+    """Top-k of a score block (Gc, q, n); returns (index with -1 for missing, squared distances)."""
+    kk = k + (self_cols is not None)
+    with cpu_threads(threads, score.device):
+        val, idx = score.topk(kk, dim=-1, largest=False, sorted=True)
+    if self_cols is not None:
+        val, idx = _drop_self(val, idx, self_cols)
+    missing = torch.isinf(val)
+    dist2 = (val + sq_q.unsqueeze(-1)).clamp_min_(0).masked_fill_(missing, float("inf"))
+    return idx.masked_fill_(missing, -1), dist2
+
+
+def _faiss_topk(Xg: torch.Tensor, Qg: torch.Tensor, k: int, banned: Optional[torch.Tensor],
+                self_cols: Optional[torch.Tensor]):
+    """FAISS flat-L2 search for one group: (q, k) indices (-1 where missing) and squared distances."""
+    import faiss
+    import numpy as np
+
+    pool = torch.arange(Xg.shape[0]) if banned is None else torch.nonzero(~banned.cpu()).squeeze(1)
+    kk = k + (self_cols is not None)
+    idx = torch.full((Qg.shape[0], kk), -1, dtype=torch.long)
+    val = torch.full((Qg.shape[0], kk), float("inf"), dtype=torch.float64)
+    if pool.numel():
+        index = faiss.IndexFlatL2(Xg.shape[1])
+        index.add(np.ascontiguousarray(Xg[pool].detach().cpu().numpy(), dtype=np.float32))
+        m = min(kk, pool.numel())
+        D, I = index.search(np.ascontiguousarray(Qg.detach().cpu().numpy(), dtype=np.float32), m)
+        I = torch.from_numpy(I).long()
+        ok = I >= 0
+        idx[:, :m] = torch.where(ok, pool[I.clamp_min(0)], torch.full_like(I, -1))
+        val[:, :m] = torch.where(ok, torch.from_numpy(D).double(), torch.full_like(val[:, :m], float("inf")))
+    idx = idx.unsqueeze(0)
+    val = val.unsqueeze(0)
+    if self_cols is not None:
+        val, idx = _drop_self(val, idx, self_cols.cpu())
+    missing = torch.isinf(val)
+    return idx.masked_fill_(missing, -1), val
+
+
+def candidate_blocks(
+    X: torch.Tensor,
+    k: int,
+    *,
+    queries: Optional[torch.Tensor] = None,
+    query_index: Optional[torch.Tensor] = None,
+    banned: Optional[torch.Tensor] = None,
+    backend: str = "torch",
+    max_elements: int = 2**24,
+    gram_dtype: Optional[torch.dtype] = None,
+    want_gram: bool = False,
+    row_cost: int = 0,
+    threads: Optional[int] = None,
+) -> Iterator[Block]:
+    r"""Yield candidate blocks covering every (group, query) pair.
+
+    Args:
+        X: (G, n, d) database points; distances are computed in their dtype.
+        k: candidates per query.
+        queries: (G, q, d) external queries scored against ``X`` (no exclusion); ``None`` means
+            the queries are the points of ``X`` themselves, each excluded from its own list.
+        query_index: (q,) long, with ``queries=None``: only these points of ``X`` are queries
+            (each still excluded from its own list); default all n points.
+        banned: (G, n) bool, database points that may not be candidates (e.g. zero vectors under
+            the cosine kernel).
+        backend: ``"torch"`` (blockwise matmul + topk) or ``"faiss"`` (flat L2 index, CPU).
+        max_elements: rough bound on the floats held per block.
+        gram_dtype: dtype of the whole-group Gram matrices (default ``X.dtype``).
+        want_gram: compute whole groups at once and hand their Gram matrices to the caller when
+            the queries are all points and a group's n x n block fits in ``max_elements``.
+        row_cost: floats the caller will hold per query on top of the n distances (gathered
+            candidates, kernel systems); used to size the blocks.
+        threads: CPU threads for the large products and ``topk`` (``None``: torch's setting);
+            the small operations run with whatever the caller set.
+
+    Example:
+        >>> X = torch.tensor([[[0.0], [1.0], [3.0]]], dtype=torch.float64)
+        >>> next(candidate_blocks(X, 1)).index.squeeze(-1)
+        tensor([[1, 0, 1]])
+    """
+    G, n, d = X.shape
+    if queries is not None and query_index is not None:
+        raise ValueError("give queries or query_index, not both")
+    if queries is not None:
+        q_all = queries.shape[1]
+    else:
+        q_all = n if query_index is None else query_index.numel()
+    sq_x = (X * X).sum(-1)
+    # banned points get an infinite score, so topk ranks them last and they come back as missing
+    sq_rank = sq_x if banned is None else sq_x.masked_fill(banned, float("inf"))
+    if want_gram and queries is None and query_index is None and backend == "torch" and n * (2 * n + row_cost) <= max_elements:
+        gd = gram_dtype or X.dtype
+        gc = max(1, max_elements // (n * (2 * n + row_cost)))
+        for g0 in range(0, G, gc):
+            gs = slice(g0, min(G, g0 + gc))
+            Xg = X[gs].to(gd)
+            with cpu_threads(threads, X.device):
+                gram = torch.bmm(Xg, Xg.transpose(1, 2))
+                score = sq_rank[gs].to(gd).unsqueeze(1) - 2 * gram
+            idx, dist2 = _select(score, sq_x[gs].to(gd), k, torch.arange(n, device=X.device), threads)
+            del score
+            yield Block(gs, slice(0, n), idx, dist2, gram)
+        return
+    rows = max(1, max_elements // (n + 1 + row_cost))
+    if q_all > rows:  # equal blocks rather than a full one and a small remainder
+        rows = -(-q_all // -(-q_all // rows))
+    gc = max(1, rows // max(q_all, 1)) if backend == "torch" else 1
+    # score = [q, 1] . [-2x, |x|^2]: one GEMM gives |x_j|^2 - 2<q, x_j> without another pass
+    X_aug = torch.cat([-2 * X, sq_rank.unsqueeze(-1)], -1)
+    for g0 in range(0, G, gc):
+        gs = slice(g0, min(G, g0 + gc))
+        Xg = X[gs]
+        for r0 in range(0, q_all, rows):
+            rs = slice(r0, min(q_all, r0 + rows))
+            if queries is not None:
+                Q, self_cols = queries[gs, rs], None
+            elif query_index is None:
+                self_cols = torch.arange(rs.start, rs.stop, device=X.device)
+                Q = Xg[:, rs]
+            else:
+                self_cols = query_index[rs].to(X.device)
+                Q = Xg[:, self_cols]
+            sq_q = (Q * Q).sum(-1)
+            if backend == "faiss":
+                idx, dist2 = _faiss_topk(Xg[0], Q[0], k, None if banned is None else banned[g0], self_cols)
+                idx, dist2 = idx.to(X.device), dist2.to(X.device, X.dtype)
+            else:
+                idx, dist2 = _search_rows(Q, sq_q, X_aug[gs], k, self_cols, threads)
+            yield Block(gs, rs, idx, dist2)
+
+
+SEARCH_CHUNK = 2**22  # scores per search step (bounds the distance block)
+
+
+def _search_rows(Q, sq_q, X_aug, k, self_cols, threads):
+    """Top-k of the queries Q (Gc, q, d) in cache-sized steps of rows."""
+    Gc, q, _ = Q.shape
+    step = max(1, SEARCH_CHUNK // (Gc * X_aug.shape[1]))
+    Q_aug = torch.cat([Q, torch.ones_like(Q[..., :1])], -1)
+    Xt = X_aug.transpose(1, 2)
+    parts = []
+    for r0 in range(0, q, step):
+        r1 = min(q, r0 + step)
+        with cpu_threads(threads, Q.device):
+            score = torch.bmm(Q_aug[:, r0:r1], Xt)
+        parts.append(_select(score, sq_q[:, r0:r1], k, None if self_cols is None else self_cols[r0:r1], threads))
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat([p[0] for p in parts], 1), torch.cat([p[1] for p in parts], 1)

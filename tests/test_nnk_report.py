@@ -1,0 +1,124 @@
+"""`convsim overlap`: analysis of run directories, overlap.json, figures, markdown and the command."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+
+import pytest
+import torch
+from scipy import stats
+
+from convsim.cli import main as cli_main
+from convsim.nnk.report import MEASURES, overlap_analysis, overlap_markdown
+from convsim.train import TrainConfig, build_model
+
+ACCS = (0.61, 0.72, 0.68)
+
+
+@pytest.fixture(scope="module")
+def run_dirs(tmp_path_factory):
+    """Three run directories laid out as convsim train writes them (checkpoint + summary)."""
+    root = tmp_path_factory.mktemp("runs")
+    dirs = []
+    for seed, acc in enumerate(ACCS):
+        d = root / f"cnn1-seed{seed}"
+        d.mkdir()
+        config = TrainConfig(model="cnn1", dataset="synthetic", width=1.0, seed=seed, out=str(d))
+        torch.manual_seed(seed)
+        model = build_model(config)
+        torch.save({"model": model.state_dict()}, d / "checkpoint.pt")
+        (d / "summary.json").write_text(json.dumps({"config": asdict(config), "test_acc": acc, "seed": seed}))
+        dirs.append(d)
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def result(run_dirs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("overlap")
+    return overlap_analysis(run_dirs, out, n_samples=60, k=5)
+
+
+def test_analysis_covers_every_run_and_conv_layer(result):
+    """One entry per run, one summary per conv layer in depth order, the run's test accuracy."""
+    assert [r["name"] for r in result["runs"]] == ["cnn1-seed0", "cnn1-seed1", "cnn1-seed2"]
+    for r, acc in zip(result["runs"], ACCS):
+        assert [lay["name"] for lay in r["layers"]] == ["conv1", "conv2", "conv3", "conv4"]
+        assert [lay["depth"] for lay in r["layers"]] == [1, 2, 3, 4]
+        assert r["test_acc"] == acc
+        assert r["last_layer"]["name"] == "conv4"
+        assert len(r["last_layer"]["jaccard"]) == r["last_layer"]["channels"]
+
+
+def test_overlap_json_and_figures_are_written(result):
+    """overlap.json holds the returned numbers (NaN-free) and every figure is a PNG."""
+    out = result["out_dir"]
+    text = open(f"{out}/overlap.json").read()
+    assert "NaN" not in text
+    assert json.loads(text)["runs"][0]["layers"] == result["runs"][0]["layers"]
+    assert len(result["figures"]) == 4
+    for f in result["figures"]:
+        with open(f"{out}/{f}", "rb") as fh:
+            assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_correlations_equal_scipy_on_the_stored_values(result):
+    """Pearson and Spearman r of each last-layer measure against test accuracy."""
+    for m in MEASURES:
+        xs = [r["last_layer"][m] for r in result["runs"]]
+        c = result["correlations"][m]
+        assert c["n"] == 3
+        if max(xs) == min(xs):
+            assert c["pearson_r"] is None
+            continue
+        assert math.isclose(c["pearson_r"], stats.pearsonr(xs, ACCS)[0], abs_tol=1e-12)
+        assert math.isclose(c["spearman_r"], stats.spearmanr(xs, ACCS)[0], abs_tol=1e-12)
+
+
+def test_measures_are_consistent_with_their_definitions(result):
+    """M2 in [1/C, 1] for live channels, redundancy = 1 - M2, counts within [0, k]."""
+    for r in result["runs"]:
+        for lay in r["layers"]:
+            assert math.isclose(lay["redundancy"], 1 - lay["union_ratio"])
+            live = lay["channels"] - lay["dead"]
+            if live:
+                assert 1 / live - 1e-12 <= lay["union_ratio"] <= 1 + 1e-12
+            assert 0 <= lay["mean_channel_count"] <= 5 and 0 <= lay["mean_layer_count"] <= 5
+
+
+def test_markdown_lists_runs_and_links_figures(result):
+    """The section has a row per run and links the figures relative to the report."""
+    md = overlap_markdown(result)
+    folder = result["out_dir"].rstrip("/").split("/")[-1]
+    for name in ("cnn1-seed0", "cnn1-seed1", "cnn1-seed2"):
+        assert f"| {name} | conv4 |" in md
+    assert f"]({folder}/counts_vs_depth.png)" in md
+    assert "](counts_vs_depth.png)" in overlap_markdown(result, figure_dir=".")
+
+
+def test_too_few_runs_give_no_correlation(run_dirs, tmp_path):
+    """Two runs: no r, and the markdown says why."""
+    res = overlap_analysis(run_dirs[:2], tmp_path, n_samples=40, k=4, layers=["conv4"], figures=False)
+    assert all(c["pearson_r"] is None for c in res["correlations"].values())
+    assert "at least 3 runs" in overlap_markdown(res)
+    assert [lay["name"] for lay in res["runs"][0]["layers"]] == ["conv4"]
+
+
+def test_command_writes_json_and_markdown(run_dirs, tmp_path):
+    """`convsim overlap RUN_DIR... --out DIR` exits 0 and writes overlap.json and overlap.md."""
+    out = tmp_path / "ov"
+    code = cli_main(["overlap", *map(str, run_dirs), "--out", str(out), "--n-samples", "40", "-k", "4",
+                     "--layers", "conv3,conv4", "--no-figures"])
+    assert code == 0
+    assert (out / "overlap.json").exists()
+    assert (out / "overlap.md").read_text().startswith("# Channel-wise NNK overlap")
+
+
+def test_analysis_validates_options(run_dirs, tmp_path):
+    """Unknown kernels, solvers and splits, and an empty run list, raise."""
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        overlap_analysis(run_dirs, tmp_path, kernel="rbf")
+    with pytest.raises(ValueError, match="split must be"):
+        overlap_analysis(run_dirs, tmp_path, split="val")
+    with pytest.raises(ValueError, match="at least one run directory"):
+        overlap_analysis([], tmp_path)
