@@ -107,7 +107,7 @@ def timed(fns: dict[str, Callable[[], object]], repeats: int, warmup: bool = Tru
     return {name: statistics.median(v) for name, v in runs.items()}
 
 
-def machine_note() -> str:
+def machine_note(load_start: float) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -117,7 +117,8 @@ def machine_note() -> str:
     except OSError:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, load average {load[0]:.2f} at the end; "
+    return (f"{cpu}, {os.cpu_count()} logical CPUs, load average {load_start:.2f} at the start and "
+            f"{load[0]:.2f} at the end; "
             f"Python {platform.python_version()}, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), numpy {np.__version__}, scipy {scipy.__version__}")
 
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     q = args.quick
     reps = 2 if q else args.repeats
     lines = ["# NNK benchmark", "", "Median seconds (lower is better); speed-up = reference / convsim.", "",
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += bench_scaling([200, 400], [4, 8], [10, 25], (200, 4, 25), 1)
     else:
         lines += bench_scaling([500, 1000, 2000, 4000], [8, 16, 32, 64], [10, 25, 50], (1000, 16, 25), 3)
-    lines += ["", f"Machine: {machine_note()}.", ""]
+    lines += ["", f"Machine: {machine_note(load_start)}.", ""]
     text = "\n".join(lines)
     print(text)
     if not q:

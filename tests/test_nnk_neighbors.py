@@ -293,3 +293,28 @@ def test_cuda_matches_cpu():
     a = nnk_neighbors(X, k=8)
     b = nnk_neighbors(X.cuda(), k=8)
     assert torch.equal(a.indices, b.indices.cpu()) and torch.allclose(a.weights, b.weights.cpu(), atol=1e-9)
+
+
+def test_kdtree_backend_matches_torch_backend():
+    """The exact k-d tree search gives the brute-force candidates, distances and weights."""
+    X = points(300, 6, seed=19)
+    a = nnk_neighbors(X, k=8, backend="torch")
+    b = nnk_neighbors(X, k=8, backend="kdtree")
+    assert torch.equal(a.indices, b.indices)
+    assert torch.allclose(a.distances, b.distances, atol=1e-9)
+    assert torch.allclose(a.weights, b.weights, atol=1e-9)
+
+
+def test_kdtree_backend_excludes_self_among_duplicates_and_skips_zero_points():
+    """Exact copies: the query is dropped by identity; zero points are never cosine candidates."""
+    X = points(40, 3, seed=20)
+    X[5:9] = X[4]  # five copies of one point
+    X[10] = 0
+    for backend in ("torch", "kdtree"):
+        r = nnk_neighbors(X, k=6, backend=backend)
+        assert not (r.indices == torch.arange(40).unsqueeze(1)).any()
+        assert not (r.indices == 10).any()
+        assert set(r.indices[4, :4].tolist()) == {5, 6, 7, 8}
+    a, b = (nnk_neighbors(X, k=6, backend=be) for be in ("torch", "kdtree"))
+    assert torch.allclose(a.distances, b.distances, atol=1e-9)
+

@@ -4,7 +4,8 @@ Points come in *groups* (one group per channel in the channel-wise analysis): ``
 ``(G, n, d)`` and every group is searched independently. Neighbours are ranked by the Euclidean
 distance, through the score :math:`\|x_j\|^2-2\langle x_i,x_j\rangle` (the squared distance minus
 the query's own norm) computed blockwise with one fused batched product, then ``topk``; or by a
-FAISS flat index when it is importable and chosen. A query that is itself a database point is
+FAISS flat index when it is importable and chosen, or by an exact k-d tree
+(``scipy.spatial.cKDTree``, float64, CPU) when chosen. A query that is itself a database point is
 excluded from its own candidates **by index identity**: ``k+1`` points are taken and the query is
 removed from them, or the farthest one when the query is not among them (which happens only when
 more than ``k`` exact duplicates tie with it).
@@ -20,7 +21,8 @@ from .solvers import cpu_threads
 
 __all__ = ["Block", "candidate_blocks", "faiss_available", "BACKENDS"]
 
-BACKENDS = ("auto", "torch", "faiss")
+BACKENDS = ("auto", "torch", "faiss", "kdtree")
+
 
 
 def faiss_available() -> bool:
@@ -102,6 +104,35 @@ def _faiss_topk(Xg: torch.Tensor, Qg: torch.Tensor, k: int, banned: Optional[tor
     return idx.masked_fill_(missing, -1), val
 
 
+def _kdtree_topk(Xg: torch.Tensor, Qg: torch.Tensor, k: int, banned: Optional[torch.Tensor],
+                 self_cols: Optional[torch.Tensor], workers: int):
+    """Exact k-d tree search (float64) for one group: (1, q, k) indices (-1 where missing), dist^2."""
+    import numpy as np
+    from scipy.spatial import cKDTree
+
+    pool = None if banned is None else torch.nonzero(~banned.cpu()).squeeze(1)
+    kk = k + (self_cols is not None)
+    Xn = Xg.detach().cpu().double().numpy()
+    data = Xn if pool is None else Xn[pool.numpy()]
+    q = Qg.shape[0]
+    idx = torch.full((q, kk), -1, dtype=torch.long)
+    val = torch.full((q, kk), float("inf"), dtype=torch.float64)
+    if data.shape[0]:
+        m = min(kk, data.shape[0])
+        D, I = cKDTree(data).query(Qg.detach().cpu().double().numpy(), k=m, workers=workers)
+        D, I = torch.from_numpy(np.asarray(D).reshape(q, m)), torch.from_numpy(np.asarray(I).reshape(q, m)).long()
+        ok = I < data.shape[0]  # missing neighbours come back as index n, distance inf
+        I = I.clamp_max(data.shape[0] - 1)
+        if pool is not None:
+            I = pool[I]
+        idx[:, :m] = torch.where(ok, I, torch.full_like(I, -1))
+        val[:, :m] = torch.where(ok, D * D, torch.full_like(D, float("inf")))
+    idx, val = idx.unsqueeze(0), val.unsqueeze(0)
+    if self_cols is not None:
+        val, idx = _drop_self(val, idx, self_cols.cpu())
+    return idx.masked_fill_(torch.isinf(val), -1), val
+
+
 def candidate_blocks(
     X: torch.Tensor,
     k: int,
@@ -127,7 +158,8 @@ def candidate_blocks(
             (each still excluded from its own list); default all n points.
         banned: (G, n) bool, database points that may not be candidates (e.g. zero vectors under
             the cosine kernel).
-        backend: ``"torch"`` (blockwise matmul + topk) or ``"faiss"`` (flat L2 index, CPU).
+        backend: ``"torch"`` (blockwise matmul + topk), ``"faiss"`` (flat L2 index, CPU) or
+            ``"kdtree"`` (``scipy.spatial.cKDTree``, exact, float64 distances, CPU).
         max_elements: rough bound on the floats held per block.
         gram_dtype: dtype of the whole-group Gram matrices (default ``X.dtype``).
         want_gram: compute whole groups at once and hand their Gram matrices to the caller when
@@ -168,6 +200,19 @@ def candidate_blocks(
     rows = max(1, max_elements // (n + 1 + row_cost))
     if q_all > rows:  # equal blocks rather than a full one and a small remainder
         rows = -(-q_all // -(-q_all // rows))
+    if backend == "kdtree":  # one tree per group, all its queries at once
+        workers = threads if threads is not None else torch.get_num_threads()
+        for g in range(G):
+            if queries is not None:
+                Q, self_cols = queries[g], None
+            elif query_index is None:
+                Q, self_cols = X[g], torch.arange(n)
+            else:
+                self_cols = query_index.cpu()
+                Q = X[g, query_index]
+            idx, dist2 = _kdtree_topk(X[g], Q, k, None if banned is None else banned[g], self_cols, workers)
+            yield Block(slice(g, g + 1), slice(0, q_all), idx.to(X.device), dist2.to(X.device, X.dtype))
+        return
     gc = max(1, rows // max(q_all, 1)) if backend == "torch" else 1
     # score = [q, 1] . [-2x, |x|^2]: one GEMM gives |x_j|^2 - 2<q, x_j> without another pass
     X_aug = torch.cat([-2 * X, sq_rank.unsqueeze(-1)], -1)

@@ -136,15 +136,20 @@ def _sweep_(T: torch.Tensor, p: torch.Tensor, E: torch.Tensor, sgn: torch.Tensor
     """
     m, n, _ = T.shape
     flat = T.view(-1)
-    row = flat.index_select(0, (rowbase + (p * n).unsqueeze(1)).view(-1)).view(m, n)  # row p (T symmetric)
+    at = (rowbase + (p * n).unsqueeze(1)).view(-1)  # flat offsets of row p
+    row = flat.index_select(0, at).view(m, n)  # row p (T symmetric)
     d = flat.index_select(0, diag_at + p * (n + 1))
     inv = actf / d.masked_fill(actf == 0, 1.0)
-    T.addcmul_(row.unsqueeze(2), (row * inv.unsqueeze(1)).unsqueeze(1), value=-1.0)
+    # One rank-one update also sets column p: with c = row/d except c_p = 1 - sgn/d,
+    # T_ip - row_i c_p = sgn row_i / d. Row p is then overwritten (a contiguous write), so the
+    # strided column write of the symmetric update is not needed.
+    c = row * inv.unsqueeze(1)
+    c.addcmul_(E, (sgn * inv).unsqueeze(1), value=-1.0)
+    T.addcmul_(row.unsqueeze(2), c.unsqueeze(1), value=-1.0)
     coef = sgn * inv + (1 - actf)  # inactive rows keep their row unchanged
     new = row * coef.unsqueeze(1)
     new.addcmul_(E, (-inv - d * coef).unsqueeze(1))  # the pivot entry becomes -1/d
-    T[ar, p] = new
-    T[ar, :, p] = new
+    flat.index_copy_(0, at, new.view(-1))
 
 
 def _lawson_hanson(T: torch.Tensor, P: torch.Tensor, x: torch.Tensor, blocked: torch.Tensor,
@@ -233,18 +238,18 @@ def _lawson_hanson(T: torch.Tensor, P: torch.Tensor, x: torch.Tensor, blocked: t
             dw = dw | fin
             ndone = int(dw.sum())
             if 3 * ndone >= ar.numel():  # compact: store the finished systems, keep the others
-                fd = ids[dw]
-                if Tw is not T_out:
-                    T_out[fd] = Tw[dw]
-                P_out[fd] = Pf[dw] > 0.5
-                x_out[fd] = xw[dw]
+                dsel = torch.nonzero(dw).squeeze(1)
+                ksel = torch.nonzero(~dw).squeeze(1)
+                fd = ids.index_select(0, dsel)
+                if Tw is not T_out:  # (index_select/index_copy_ copy whole tableaux faster than masks)
+                    T_out.index_copy_(0, fd, Tw.index_select(0, dsel))
+                P_out[fd] = Pf.index_select(0, dsel) > 0.5
+                x_out.index_copy_(0, fd, xw.index_select(0, dsel))
                 done_out[fd] = True
-                iters[fd] = fin_it[dw]
-                keep = ~dw
-                ids = ids[keep]
-                Tw, xw, Pf, off, pen, last, fin_it = (Tw[keep], xw[keep], Pf[keep], off[keep], pen[keep],
-                                                      last[keep], fin_it[keep])
-                dw = dw[keep]
+                iters[fd] = fin_it.index_select(0, dsel)
+                ids, Tw, xw, Pf, off, pen, last, fin_it = (
+                    t.index_select(0, ksel) for t in (ids, Tw, xw, Pf, off, pen, last, fin_it))
+                dw = torch.zeros(ids.numel(), dtype=torch.bool, device=dev)
                 ar, base, rowbase, E = layout(ids.numel())
     if ids.numel():  # iteration limit: store the unfinished state as it is
         if Tw is not T_out:
