@@ -9,7 +9,11 @@
     applied to every channel and to the layer.
 (c) How ``channel_overlap`` time grows with the number of samples N, channels C and candidates k.
 
-Timing: medians over ``--repeats`` rounds after a warm-up, methods interleaved within a round so
+convsim runs with its defaults (the exact solver is the compiled numba one, 1 thread, when numba
+is installed), with the numba solver on 2 threads, and with the torch solver.
+
+Timing: medians over ``--repeats`` rounds after a warm-up (which also loads or compiles numba's
+code, so JIT time is not counted), methods interleaved within a round so
 a change in machine load hits them alike; 2 torch threads and 2 BLAS threads for everyone. The
 inputs are float32 (as activations are); both sides rank candidates in float32 and solve in
 float64. Synthetic ReLU-like activations: each channel is a random projection of a shared
@@ -40,6 +44,7 @@ import torch  # noqa: E402
 
 from convsim.io import atomic_write_text  # noqa: E402
 from convsim.nnk import channel_overlap, nnk_neighbors  # noqa: E402
+from convsim.nnk.solvers import numba_available  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "nnk.md"
 JITTER = 1e-8
@@ -120,36 +125,57 @@ def machine_note(load_start: float) -> str:
     return (f"{cpu}, {os.cpu_count()} logical CPUs, load average {load_start:.2f} at the start and "
             f"{load[0]:.2f} at the end; "
             f"Python {platform.python_version()}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), numpy {np.__version__}, scipy {scipy.__version__}")
+            f"({torch.get_num_threads()} threads), numpy {np.__version__}, scipy {scipy.__version__}, "
+            f"numba {numba_version()}")
+
+
+def numba_version() -> str:
+    try:
+        import numba
+    except ImportError:
+        return "not installed"
+    return numba.__version__
 
 
 # ----------------------------------------------------------------------------- benchmarks
 
 
+def variants() -> dict[str, dict]:
+    """convsim configurations timed: library defaults, 2 solver threads, the torch solver."""
+    out = {"default": {}}
+    if numba_available():  # defaults then mean the compiled solver on 1 thread
+        out["numba solver, 2 threads"] = {"solver_options": {"threads": 2}}
+    out["torch solver"] = {"solver_options": {"backend": "torch"}}
+    return out
+
+
 def bench_points(n: int, d: int, k: int, repeats: int) -> list[str]:
     X = torch.randn(n, d, generator=torch.Generator().manual_seed(1))
     Xn = X.numpy()
-    t = timed({"convsim": lambda: nnk_neighbors(X, k=k, backend="torch"), "reference": lambda: ref_nnk(Xn, k)},
-              repeats)
+    fns = {name: (lambda kw=kw: nnk_neighbors(X, k=k, backend="torch", **kw)) for name, kw in variants().items()}
+    t = timed({**fns, "reference": lambda: ref_nnk(Xn, k)}, repeats)
     ours = nnk_neighbors(X, k=k, backend="torch")
     ref = ref_nnk(Xn, k)
     gap = float(np.abs(ours.weights.numpy() - ref).max())
-    return [f"| (a) NNK, {n} points x {d} dims, k={k}, cosine | {t['convsim']:.3f} | {t['reference']:.3f} "
-            f"| {t['reference'] / t['convsim']:.1f}x | mean count {float(ours.count.double().mean()):.2f} "
-            f"vs {float((ref > 1e-10).sum(1).mean()):.2f}; max weight diff {gap:.1e} |"]
+    check = (f"mean count {float(ours.count.double().mean()):.2f} vs {float((ref > 1e-10).sum(1).mean()):.2f}; "
+             f"max weight diff {gap:.1e}")
+    return [f"| (a) NNK, {n} points x {d} dims, k={k}, cosine; {name} | {t[name]:.3f} | {t['reference']:.3f} "
+            f"| {t['reference'] / t[name]:.1f}x | {check if name == 'default' else ''} |" for name in fns]
 
 
 def bench_layer(N: int, C: int, hw: int, k: int, repeats: int, ref_repeats: int) -> list[str]:
     acts = layer_activations(N, C, hw)
     an = acts.numpy()
-    t_ours = timed({"convsim": lambda: channel_overlap(acts, k=k, backend="torch")}, repeats)["convsim"]
+    fns = {name: (lambda kw=kw: channel_overlap(acts, k=k, backend="torch", **kw)) for name, kw in variants().items()}
+    t = timed(fns, repeats)
     t_ref = timed({"reference": lambda: ref_layer(an, k)}, ref_repeats, warmup=False)["reference"]
     r = channel_overlap(acts, k=k, backend="torch")
-    return [f"| (b) CW-NNK layer, N={N}, C={C}, {hw}x{hw} maps, k={k}, channels + layer + overlap | "
-            f"{t_ours:.2f} | {t_ref:.2f} | {t_ref / t_ours:.1f}x | M1 {r.jaccard_score:.3f}, "
-            f"M2 {float(r.union_ratio):.3f}, M3 {float(r.aggregate_ratio):.3f}, "
-            f"mean counts {float(r.counts.double().mean()):.2f} (channel) / "
-            f"{float(r.aggregate_counts.double().mean()):.2f} (layer) |"]
+    check = (f"M1 {r.jaccard_score:.3f}, M2 {float(r.union_ratio):.3f}, M3 {float(r.aggregate_ratio):.3f}, "
+             f"mean counts {float(r.counts.double().mean()):.2f} (channel) / "
+             f"{float(r.aggregate_counts.double().mean()):.2f} (layer)")
+    return [f"| (b) CW-NNK layer, N={N}, C={C}, {hw}x{hw} maps, k={k}, channels + layer + overlap; {name} | "
+            f"{t[name]:.2f} | {t_ref:.2f} | {t_ref / t[name]:.1f}x | {check if name == 'default' else ''} |"
+            for name in fns]
 
 
 def bench_scaling(Ns, Cs, ks, base: tuple[int, int, int], repeats: int) -> list[str]:

@@ -6,9 +6,21 @@ import pytest
 import scipy.optimize
 import torch
 
-from convsim.nnk.solvers import active_set, objective, projected_gradient, solve
+import functools
+
+from convsim.nnk import solvers
+from convsim.nnk.solvers import objective, projected_gradient, solve
 
 import test_nnk_oracles as oracles
+
+
+@pytest.fixture(autouse=True, params=["torch", "numba"])
+def backend(request, monkeypatch):
+    """Every exact-solver test runs on both backends: the torch path must stay covered when numba is installed."""
+    if request.param == "numba":
+        pytest.importorskip("numba", reason="numba (the optional compiled NNK solver) is not installed")
+    monkeypatch.setitem(globals(), "active_set", functools.partial(solvers.active_set, backend=request.param))
+    return request.param
 
 
 def random_systems(B, k, seed, rank=None, dtype=torch.float64):
@@ -155,7 +167,7 @@ def test_fast_solver_zeroes_weights_below_threshold():
 def test_solve_dispatches_and_rejects_unknown_solver():
     """solve() picks the solver by name; an unknown name raises."""
     A, b = random_systems(3, 4, seed=10)
-    assert torch.equal(solve(A, b, "exact").theta, active_set(A, b).theta)
+    assert torch.equal(solve(A, b, "exact").theta, solvers.active_set(A, b).theta)  # default backend
     with pytest.raises(ValueError, match="solver must be one of"):
         solve(A, b, "pruning")
 

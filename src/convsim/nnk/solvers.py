@@ -27,7 +27,10 @@ the NNK problem; with :math:`A = LL^\top` it is the NNLS problem
   weights below ``threshold`` set to zero. Matrix products only, so it suits GPUs.
 
 Both work in the dtype and on the device of ``A`` and process the batch in chunks of
-``batch_size`` systems so memory stays bounded.
+``batch_size`` systems so memory stays bounded. On CPU, when ``numba`` is installed (the ``fast``
+extra), :func:`active_set` uses the compiled per-system solver of :mod:`convsim.nnk._numba`
+(``backend="auto"``); systems it does not settle (iteration limit, KKT violation above
+``kkt_tol``) are re-solved by the torch path.
 """
 from __future__ import annotations
 
@@ -37,9 +40,28 @@ from typing import Iterator, Optional
 
 import torch
 
-__all__ = ["SolveResult", "active_set", "projected_gradient", "solve", "objective", "SOLVERS"]
+__all__ = ["SolveResult", "active_set", "projected_gradient", "solve", "objective", "numba_available", "SOLVERS",
+           "BACKENDS"]
 
 SOLVERS = ("exact", "fast")
+BACKENDS = ("auto", "torch", "numba")
+_NUMBA: list = []  # the imported convsim.nnk._numba module, or None, once looked up
+
+
+def numba_available() -> bool:
+    """Whether the compiled exact solver can be used (``numba`` imports); looked up once.
+
+    Example:
+        >>> isinstance(numba_available(), bool)
+        True
+    """
+    if not _NUMBA:
+        try:
+            from . import _numba
+        except ImportError:  # numba missing, or too old/new for this numpy
+            _numba = None
+        _NUMBA.append(_numba)
+    return _NUMBA[0] is not None
 
 
 @dataclass
@@ -166,7 +188,7 @@ def _lawson_hanson(T: torch.Tensor, P: torch.Tensor, x: torch.Tensor, blocked: t
     m, k = P.shape
     dev, dt = T.device, T.dtype
     n = k + 1
-    BIG = 1e300
+    BIG = min(1e300, torch.finfo(dt).max / 8)  # finite in float32 too
     iters = torch.zeros(m, dtype=torch.long, device=dev)
     done_out = torch.zeros(m, dtype=torch.bool, device=dev)
     T_out, P_out, x_out = T, P, x
@@ -299,6 +321,7 @@ def active_set(
     kkt_tol: float = 1e-8,
     batch_size: int = 4096,
     threads: Optional[int] = 1,
+    backend: str = "auto",
 ) -> SolveResult:
     r"""Exact batched NNK/NNLS: Lawson--Hanson active set on the Gram form.
 
@@ -320,7 +343,13 @@ def active_set(
         max_iter: iteration limit per system (default ``10 * k + 10``).
         kkt_tol: KKT violation above which a system is re-solved from a fresh tableau.
         batch_size: systems per chunk (bounds memory at about ``batch_size * (k+1)**2`` floats).
-        threads: intra-op CPU threads while solving (see :func:`cpu_threads`; ``None`` = as set).
+        threads: intra-op CPU threads while solving (see :func:`cpu_threads`; ``None`` = as set);
+            with numba, its worker threads (``None`` = numba's default, one per core).
+        backend: ``"torch"`` (batched tensor operations, any device), ``"numba"`` (compiled
+            per-system solver, CPU only, float64 internally; needs ``numba``) or ``"auto"``
+            (numba for float64 CPU tensors when it imports, torch otherwise). Both follow the
+            same rules and give the same supports; the numba path re-solves with torch the
+            systems it does not settle.
 
     Returns:
         :class:`SolveResult`.
@@ -336,6 +365,17 @@ def active_set(
     max_iter = 10 * k + 10 if max_iter is None else int(max_iter)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "numba":
+        if A.device.type != "cpu":
+            raise ValueError(f"backend='numba' solves CPU tensors only, got device {A.device}")
+        if not numba_available():
+            raise ImportError("backend='numba' needs numba (pip install 'convsim[fast]')")
+    use_numba = backend == "numba" or (backend == "auto" and A.device.type == "cpu"
+                                       and A.dtype == torch.float64 and numba_available())
+    if use_numba and B:
+        return _active_set_numba(A, b, tol, pivot_tol, max_iter, kkt_tol, batch_size, threads)
     with cpu_threads(threads, A.device):
         outs = [_active_set_chunk(A[s:s + batch_size], b[s:s + batch_size], tol, pivot_tol, max_iter, kkt_tol)
                 for s in range(0, B, batch_size)]
@@ -344,6 +384,24 @@ def active_set(
         return SolveResult(b.new_zeros(0, k), z.bool(), z, z, z.long())
     return SolveResult(*(torch.cat([getattr(o, f) for o in outs]) for f in
                          ("theta", "converged", "kkt", "pivot", "iterations")))
+
+
+def _active_set_numba(A, b, tol, pivot_tol, max_iter, kkt_tol, batch_size, threads) -> SolveResult:
+    """The compiled solver on the whole batch; unsettled systems go to the torch path."""
+    An = A.detach().to(torch.float64).contiguous().numpy()
+    bn = b.detach().to(torch.float64).contiguous().numpy()
+    theta, status, kkt, pivot, iters = _NUMBA[0].solve_batch(
+        An, bn, tol=tol, pivot_tol=pivot_tol, max_iter=max_iter, kkt_tol=kkt_tol, threads=threads)
+    res = SolveResult(torch.from_numpy(theta).to(A.dtype), torch.from_numpy(status == 0),
+                      torch.from_numpy(kkt).to(A.dtype), torch.from_numpy(pivot).to(A.dtype),
+                      torch.from_numpy(iters))
+    redo = torch.from_numpy(status != 0).nonzero().squeeze(1)
+    if redo.numel():
+        r = active_set(A[redo], b[redo], tol=tol, pivot_tol=pivot_tol, max_iter=max_iter, kkt_tol=kkt_tol,
+                       batch_size=batch_size, threads=threads, backend="torch")
+        for f in ("theta", "converged", "kkt", "pivot", "iterations"):
+            getattr(res, f)[redo] = getattr(r, f)
+    return res
 
 
 def _active_set_chunk(A, b, tol, pivot_tol, max_iter, kkt_tol) -> SolveResult:

@@ -1,0 +1,457 @@
+"""Experiment suites as data, and ``convsim reproduce``.
+
+A suite is a list of :class:`RunSpec`: a run name, a method label, the :class:`convsim.train.TrainConfig`
+fields it sets, a seed, and the *studies* (report sections) it feeds. Runs that differ only in
+their seed share a *group*; a run shared by several studies (the width-1 baseline is in the method
+comparison, the width sweep and the I sweep) is trained once. The grid is built by small helpers::
+
+    grid("main", {"cnn1": CNN1}, methods=("baseline", "cs-init", "cs-reg"), seeds=(0, 1, 2), hp=HP)
+
+``convsim reproduce --suite quick --out DIR`` trains every run of the suite that is not complete
+into ``DIR/runs/<name>/`` (complete runs are skipped, interrupted ones resumed), then writes
+``DIR/report.md``, ``DIR/figures/*.png``, ``DIR/results.json`` and ``DIR/summary.csv`` via
+:func:`convsim.report.write_report`. Re-running it only re-aggregates.
+
+Suites (timings: see ``SUITE_NOTES``):
+
+* ``smoke``: synthetic data, tiny subsets, 2 seeds, 1-2 epochs; every report section has data. Run by
+  the tests.
+* ``quick``: Fashion-MNIST subsets, cnn1/cnn2, 3 seeds, the main methods and baselines, a width
+  sweep, an I sweep, momentum, early stopping and a tiny ResNet18: ``make demo`` on 2 CPU cores.
+* ``paper``: the full protocol for a GPU (50 epochs, full Fashion-MNIST, ResNet18 widths,
+  I in {0, 100, 500, 1000, 2000}, beta in {0.001, 0.01, 0.1}).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import sys
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from .io import atomic_write_json
+
+CS_METHODS = ("cs-init", "cs-reg", "cs-init+reg")
+PENALTY_METHODS = ("so", "ocnn", "srip", "decov")
+METHODS = ("baseline",) + CS_METHODS + PENALTY_METHODS
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a suite: ``overrides`` are :class:`TrainConfig` fields (seed included)."""
+
+    name: str
+    group: str
+    method: str
+    seed: int
+    overrides: Mapping[str, Any]
+    studies: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "group": self.group, "method": self.method, "seed": self.seed,
+                "overrides": dict(self.overrides), "studies": list(self.studies)}
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """Method hyper-parameters: CS weight beta, CS-init iterations I, and penalty weights."""
+
+    beta: float = 0.01
+    init_iters: int = 500
+    penalty_weights: Mapping[str, float] = field(default_factory=lambda: {"so": 0.1, "ocnn": 0.1, "srip": 0.1,
+                                                                         "decov": 0.01})
+
+
+def method_overrides(method: str, hp: Hyper) -> dict:
+    """The TrainConfig fields that select ``method`` (everything else is the model's base config).
+
+    Example:
+        >>> method_overrides("cs-init", Hyper(init_iters=100))["init_iters"]
+        100
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    o = {"beta": 0.0, "init_iters": 0, "penalty": "none", "penalty_weight": 0.0}
+    if method in ("cs-init", "cs-init+reg"):
+        o["init_iters"] = int(hp.init_iters)
+    if method in ("cs-reg", "cs-init+reg"):
+        o["beta"] = float(hp.beta)
+    if method in PENALTY_METHODS:
+        o["penalty"], o["penalty_weight"] = method, float(hp.penalty_weights[method])
+    return o
+
+
+def group_name(overrides: Mapping[str, Any], method: str, tag: str = "") -> str:
+    """``cnn1-w1-cs-init-I500``: model, width, method and its CS settings, then ``tag``."""
+    parts = [str(overrides["model"]), f"w{float(overrides.get('width', 1.0)):g}", method]
+    if method in ("cs-init", "cs-init+reg"):
+        parts.append(f"I{overrides['init_iters']}")
+    if method in ("cs-reg", "cs-init+reg"):
+        parts.append(f"b{overrides['beta']:g}")
+    if tag:
+        parts.append(tag)
+    return "-".join(parts)
+
+
+def grid(study: str, models: Mapping[str, Mapping[str, Any]], *, methods: Sequence[str], seeds: Sequence[int],
+         hp: Hyper | Mapping[str, Hyper], widths: Sequence[float] | None = None, tag: str = "",
+         extra: Mapping[str, Any] | None = None) -> list[RunSpec]:
+    """Runs for every model x width x method x seed of one study.
+
+    ``models`` maps a model name to its base config (dataset, subsets, epochs, optimiser...);
+    ``hp`` is one :class:`Hyper` or one per model; ``widths`` (default: each base config's
+    width) sweeps the width multiplier; ``extra`` fields override the base config (e.g. momentum),
+    and ``tag`` marks them in the group name.
+    """
+    specs = []
+    for model, base in models.items():
+        h = hp[model] if isinstance(hp, Mapping) else hp
+        for width in widths or [base.get("width", 1.0)]:
+            for method in methods:
+                o = {**base, "model": model, "width": float(width), **(extra or {}), **method_overrides(method, h)}
+                g = group_name(o, method, tag)
+                specs += [RunSpec(f"{g}-s{s}", g, method, int(s), {**o, "seed": int(s)}, (study,)) for s in seeds]
+    return specs
+
+
+def merge(*spec_lists: Iterable[RunSpec]) -> list[RunSpec]:
+    """Concatenate study grids; a run present in several studies is kept once with their union.
+
+    Raises ``ValueError`` if two runs share a name but not their overrides.
+    """
+    out: dict[str, RunSpec] = {}
+    for specs in spec_lists:
+        for s in specs:
+            if s.name in out:
+                old = out[s.name]
+                if dict(old.overrides) != dict(s.overrides) or old.method != s.method:
+                    raise ValueError(f"run {s.name!r} is defined twice with different settings: "
+                                     f"{dict(old.overrides)} vs {dict(s.overrides)}")
+                studies = old.studies + tuple(x for x in s.studies if x not in old.studies)
+                out[s.name] = dataclasses.replace(old, studies=studies)
+            else:
+                out[s.name] = s
+    return list(out.values())
+
+
+# ----------------------------------------------------------------------------------------------
+# The suites
+# ----------------------------------------------------------------------------------------------
+
+def _cnn1(data: Mapping[str, Any], **kw) -> dict:
+    # The released MNIST CNN1 protocol (spec §12.3): plain SGD, lr 0.01, no momentum (batch 128 there).
+    return {"optimizer": "sgd", "lr": 0.01, "momentum": 0.0, "batch_size": 128, **data, **kw}
+
+
+def _bn_net(data: Mapping[str, Any], **kw) -> dict:
+    # cnn2 and ResNet18 (BatchNorm): the released CIFAR protocol, SGD with momentum 0.9 (spec §12.2).
+    return {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "batch_size": 128, **data, **kw}
+
+
+# Penalty weights: about 5-15% of the initial cross-entropy (2.3) for each model's initial weights.
+CNN1_HP = Hyper(beta=0.01, init_iters=500, penalty_weights={"so": 0.05, "ocnn": 0.05, "srip": 0.1, "decov": 0.5})
+BN_HP = Hyper(beta=0.001, init_iters=500, penalty_weights={"so": 0.005, "ocnn": 0.005, "srip": 0.05, "decov": 0.05})
+
+
+def _hp(base: Hyper, **kw) -> Hyper:
+    return dataclasses.replace(base, **kw)
+
+
+MAIN_METHODS = ("baseline", "cs-init", "cs-reg", "cs-init+reg", "so", "ocnn", "srip", "decov")
+
+
+def smoke_suite() -> list[RunSpec]:
+    """Seconds per run on synthetic data: every report section gets data, nothing is meaningful."""
+    data = {"dataset": "synthetic", "train_subset": 256, "test_subset": 128, "epochs": 2, "batch_size": 32,
+            "fm_batch": 64}
+    hp = _hp(CNN1_HP, init_iters=20)
+    cnn1 = {"cnn1": _cnn1(data, lr=0.05)}
+    seeds = (0, 1)
+    es = {"epochs": 3, "patience": 1, "es_samples": 128, "es_k": 5}
+    return merge(
+        grid("main", cnn1, methods=("baseline", "cs-init", "cs-reg", "so"), seeds=seeds, hp=hp),
+        grid("main", {"cnn2": _bn_net(data, epochs=1, width=0.25)}, methods=("baseline", "cs-reg"), seeds=seeds,
+             hp=BN_HP),
+        grid("width", cnn1, methods=("baseline", "cs-reg"), widths=(0.5, 1.0), seeds=seeds, hp=hp),
+        grid("iters", cnn1, methods=("baseline", "cs-init"), seeds=seeds, hp=hp),
+        grid("iters", cnn1, methods=("cs-init",), seeds=seeds, hp=_hp(hp, init_iters=5)),
+        grid("beta", cnn1, methods=("cs-reg",), seeds=seeds, hp=hp),
+        grid("beta", cnn1, methods=("cs-reg",), seeds=seeds, hp=_hp(hp, beta=0.1)),
+        grid("resnet", {"resnet18": _bn_net(data, epochs=1, width=0.0625, train_subset=128)},
+             methods=("baseline", "cs-init"), seeds=seeds, hp=_hp(BN_HP, init_iters=10)),
+        grid("momentum", cnn1, methods=("baseline", "cs-init"), seeds=seeds, hp=hp, extra={"momentum": 0.9},
+             tag="m0.9"),
+        grid("early_stop", cnn1, methods=("baseline",), seeds=seeds, hp=hp, extra={"early_stop": "cwnnk", **es},
+             tag="es-cwnnk"),
+        grid("early_stop", cnn1, methods=("baseline",), seeds=seeds, hp=hp,
+             extra={"early_stop": "validation", **es}, tag="es-validation"),
+    )
+
+
+def quick_suite() -> list[RunSpec]:
+    """Fashion-MNIST subsets for a 2-core CPU in about 15 minutes (``make demo``).
+
+    cnn1 keeps plain SGD but uses lr 0.02 and batch 32 instead of the released 0.01 and 128: with
+    those it sits on its initial plateau for most of a 5-epoch budget and one seed in three never
+    leaves it. The raw CS initialisation shrinks cnn1's kernels to ~0 (the loss is quartic and cnn1
+    has no BatchNorm, spec §8.2) and the network never trains, so cnn1 also gets the
+    scale-invariant initialisation (``cs_normalize``, tag ``norm``), which the momentum study uses.
+    The momentum study keeps the step size: lr 0.002 with momentum 0.9 (lr / (1 - m) equal).
+    Subset sizes are multiples of the batch size (no tiny last batch, which upsets BatchNorm's
+    running statistics).
+    """
+    data = {"dataset": "fashion-mnist", "train_subset": 5120, "test_subset": 2000}
+    seeds = (0, 1, 2)
+    cnn1 = {"cnn1": _cnn1(data, epochs=5, batch_size=32, lr=0.02)}
+    cnn2 = {"cnn2": _bn_net(data, epochs=3, width=0.5)}
+    resnet = {"resnet18": _bn_net(data, train_subset=2048, test_subset=1000, epochs=3, width=0.0625)}
+    norm = {"cs_normalize": True}
+    momentum = {"momentum": 0.9, "lr": 0.002}
+    es = {"epochs": 8, "patience": 2, "es_samples": 500, "es_k": 15}
+    return merge(
+        grid("main", cnn1, methods=("baseline", "cs-init", "cs-reg", "so", "ocnn", "srip", "decov"), seeds=seeds,
+             hp=CNN1_HP),
+        grid("main", cnn1, methods=("cs-init",), seeds=seeds, hp=CNN1_HP, extra=norm, tag="norm"),
+        grid("main", cnn2, methods=("baseline", "cs-init", "cs-reg"), seeds=seeds, hp=BN_HP),
+        grid("width", cnn1, methods=("baseline", "cs-reg"), widths=(0.5, 1.0, 2.0), seeds=seeds, hp=CNN1_HP),
+        grid("iters", cnn1, methods=("baseline", "cs-init"), seeds=seeds, hp=CNN1_HP),
+        grid("iters", cnn1, methods=("cs-init",), seeds=seeds, hp=_hp(CNN1_HP, init_iters=100)),
+        grid("iters", cnn1, methods=("cs-init",), seeds=seeds, hp=CNN1_HP, extra=norm, tag="norm"),
+        grid("resnet", resnet, methods=("baseline", "cs-init", "cs-reg"), seeds=seeds, hp=BN_HP),
+        grid("momentum", cnn1, methods=("baseline", "cs-reg"), seeds=seeds, hp=CNN1_HP, extra=momentum, tag="m0.9"),
+        grid("momentum", cnn1, methods=("cs-init",), seeds=seeds, hp=CNN1_HP, extra={**momentum, **norm},
+             tag="norm-m0.9"),
+        grid("early_stop", cnn1, methods=("baseline",), seeds=seeds, hp=CNN1_HP,
+             extra={"early_stop": "cwnnk", **es}, tag="es-cwnnk"),
+        grid("early_stop", cnn1, methods=("baseline",), seeds=seeds, hp=CNN1_HP,
+             extra={"early_stop": "validation", **es}, tag="es-validation"),
+    )
+
+
+def paper_suite() -> list[RunSpec]:
+    """The full protocol for a GPU: full Fashion-MNIST, 50 epochs, 3 seeds."""
+    data = {"dataset": "fashion-mnist", "train_subset": 0, "test_subset": 0}  # 0 = the whole split
+    seeds = (0, 1, 2)
+    cnn1 = {"cnn1": _cnn1(data, epochs=50)}
+    cnn2 = {"cnn2": _bn_net(data, epochs=50)}
+    cnns = {**cnn1, **cnn2}
+    hp = {"cnn1": CNN1_HP, "cnn2": BN_HP}
+    resnet = {"resnet18": _bn_net(data, epochs=30)}
+    norm = {"cs_normalize": True}
+    return merge(
+        grid("main", cnns, methods=MAIN_METHODS, seeds=seeds, hp=hp),
+        grid("main", cnn1, methods=("cs-init", "cs-init+reg"), seeds=seeds, hp=CNN1_HP, extra=norm, tag="norm"),
+        grid("width", cnn1, methods=("baseline", "cs-reg", "cs-init+reg"), widths=(0.5, 1.0, 2.0, 4.0),
+             seeds=seeds, hp=CNN1_HP),
+        grid("width", cnn2, methods=("baseline", "cs-reg"), widths=(0.25, 0.5, 1.0), seeds=seeds, hp=BN_HP),
+        grid("iters", cnns, methods=("baseline",), seeds=seeds, hp=hp),
+        *[grid("iters", cnn1, methods=("cs-init",), seeds=seeds, hp=_hp(CNN1_HP, init_iters=i), extra=norm,
+               tag="norm") for i in (100, 500, 1000, 2000)],
+        *[grid("iters", cnns, methods=("cs-init",), seeds=seeds,
+               hp={m: _hp(h, init_iters=i) for m, h in hp.items()}) for i in (100, 500, 1000, 2000)],
+        *[grid("beta", cnns, methods=("cs-reg",), seeds=seeds, hp={m: _hp(h, beta=b) for m, h in hp.items()})
+          for b in (0.001, 0.01, 0.1)],
+        grid("resnet", resnet, methods=("baseline", "cs-init", "cs-reg", "cs-init+reg", "so", "ocnn"),
+             seeds=seeds, hp=BN_HP),
+        grid("resnet", resnet, methods=("baseline", "cs-init"), widths=(0.25, 0.5), seeds=seeds, hp=BN_HP),
+        grid("momentum", cnn1, methods=("baseline", "cs-init", "cs-reg"), seeds=seeds, hp=CNN1_HP,
+             extra={"momentum": 0.9, "lr": 0.001}, tag="m0.9"),
+        grid("momentum", cnn1, methods=("cs-init",), seeds=seeds, hp=CNN1_HP,
+             extra={"momentum": 0.9, "lr": 0.001, **norm}, tag="norm-m0.9"),
+        grid("early_stop", cnn1, methods=("baseline",), seeds=seeds, hp=CNN1_HP,
+             extra={"early_stop": "cwnnk", "epochs": 100, "patience": 5}, tag="es-cwnnk"),
+        grid("early_stop", cnn1, methods=("baseline",), seeds=seeds, hp=CNN1_HP,
+             extra={"early_stop": "validation", "epochs": 100, "patience": 5}, tag="es-validation"),
+    )
+
+
+SUITES: dict[str, list[RunSpec]] = {"smoke": smoke_suite(), "quick": quick_suite(), "paper": paper_suite()}
+# Options of the report's channel-wise NNK overlap section (keyword arguments of overlap_analysis,
+# plus "study": which runs it analyses).
+SUITE_OPTIONS: dict[str, dict] = {
+    "smoke": {"overlap": {"study": "main", "n_samples": 64, "k": 5}},
+    "quick": {"overlap": {"study": "main", "n_samples": 500, "k": 15}},
+    "paper": {"overlap": {"study": "main", "n_samples": 2000, "k": 25}},
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Running a suite
+# ----------------------------------------------------------------------------------------------
+
+def _train_module():
+    from . import train as train_mod  # imported late: `convsim reproduce --help` stays fast
+
+    return train_mod
+
+
+def validate_specs(specs: Sequence[RunSpec], config_cls: type | None = None) -> None:
+    """Raise ``ValueError`` if a spec sets a field that :class:`TrainConfig` does not have."""
+    config_cls = config_cls or _train_module().TrainConfig
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    for s in specs:
+        unknown = sorted(set(s.overrides) - known)
+        if unknown:
+            raise ValueError(f"run {s.name!r} sets unknown TrainConfig fields {unknown}; known: {sorted(known)}")
+
+
+def run_status(run_dir: Path) -> str:
+    """"complete", "interrupted" (a run directory without a complete summary) or "missing"."""
+    try:
+        status = json.loads((run_dir / "summary.json").read_text()).get("status")
+    except (FileNotFoundError, json.JSONDecodeError):
+        status = None
+    if status in ("complete", "stopped early"):  # the trainer's final statuses
+        return "complete"
+    return "interrupted" if run_dir.exists() and any(run_dir.glob("*.jsonl")) or (run_dir / "checkpoint.pt").exists() else "missing"
+
+
+def stale_settings(spec: RunSpec, run_dir: Path) -> dict:
+    """{field: (stored, wanted)} where a finished run's stored config differs from ``spec``."""
+    try:
+        stored = json.loads((run_dir / "summary.json").read_text()).get("config") or {}
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    return {k: (stored.get(k), v) for k, v in spec.overrides.items() if k in stored and stored[k] != v}
+
+
+def _config(spec: RunSpec, run_dir: Path, run_opts: Mapping[str, Any], config_cls: type) -> Any:
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    fields = {**spec.overrides, "out": str(run_dir), "resume": True, "verbose": False}
+    fields.update({k: v for k, v in run_opts.items() if v is not None and k in known})
+    return config_cls(**fields)
+
+
+def _train_one(spec_dict: dict, run_dir: str, run_opts: dict) -> tuple[str, str, float, str]:
+    """Train one run (also in a worker process); never raises: returns (name, status, seconds, error)."""
+    t0 = time.perf_counter()
+    name = spec_dict["name"]
+    try:
+        mod = _train_module()
+        spec = RunSpec(**{**spec_dict, "studies": tuple(spec_dict["studies"])})
+        summary = mod.train(_config(spec, Path(run_dir), run_opts, mod.TrainConfig))
+        status = run_status(Path(run_dir))
+        if status != "complete":
+            return name, "failed", time.perf_counter() - t0, f"train returned with status {summary.get('status')!r}"
+        return name, status, time.perf_counter() - t0, f"test acc {summary.get('test_acc', float('nan')):.4f}"
+    except Exception as exc:  # one failed run must not stop the suite
+        tb = traceback.format_exc(limit=4)
+        return name, "failed", time.perf_counter() - t0, f"{type(exc).__name__}: {exc}\n{tb}"
+
+
+def reproduce(suite: str, out: str | os.PathLike, *, data_dir: str | None = None, device: str | None = None,
+              jobs: int = 1, only: str | None = None, threads: int | None = None, download: bool = False,
+              train_one: Callable[[dict, str, dict], tuple[str, str, float, str]] | None = None,
+              report: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Train the missing runs of ``suite`` into ``out/runs`` and write the report into ``out``.
+
+    ``only`` is a regular expression on run names (``re.search``); ``jobs`` > 1 trains runs in
+    that many worker processes with ``threads`` (default: CPU count // jobs) torch threads each.
+    ``data_dir``, ``device``, ``threads`` and ``download`` are passed to every TrainConfig (they
+    may change when a run is resumed).
+    ``train_one`` replaces the trainer (tests). Returns ``{"trained", "skipped", "failed",
+    "seconds", "report"}``.
+    """
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; expected one of {sorted(SUITES)}")
+    if not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    specs = SUITES[suite]
+    if only is not None:
+        pattern = re.compile(only)
+        specs = [s for s in specs if pattern.search(s.name)]
+    out = Path(out)
+    runs_dir = out / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "suite.json", {"suite": suite, "only": only, "runs": [s.as_dict() for s in SUITES[suite]]})
+    if threads is None and jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+    run_opts = {"data_dir": data_dir, "device": device, "threads": threads, "download": download or None}
+    if train_one is None:
+        validate_specs(specs)
+        train_one = _train_one
+
+    todo = []
+    skipped = []
+    for s in specs:
+        d = runs_dir / s.name
+        d.mkdir(exist_ok=True)
+        atomic_write_json(d / "spec.json", {**s.as_dict(), "suite": suite})
+        if run_status(d) != "complete":
+            todo.append(s)
+            continue
+        skipped.append(s)
+        stale = stale_settings(s, d)
+        if stale:
+            log(f"warning: {s.name} was trained with other settings ({stale}); delete {d} to retrain it")
+    log(f"suite {suite}: {len(specs)} runs, {len(skipped)} complete, {len(todo)} to train -> {runs_dir}")
+    t0 = time.perf_counter()
+    done: dict[str, tuple[str, float, str]] = {}
+
+    def record(i: int, res: tuple[str, str, float, str]) -> None:
+        name, status, secs, err = res
+        done[name] = (status, secs, err)
+        log(f"[{i}/{len(todo)}] {name}: {status} in {secs:.1f} s" + (f"\n{err}" if status == "failed" else f", {err}"))
+
+    if jobs == 1 or len(todo) <= 1:
+        for i, s in enumerate(todo, 1):
+            record(i, train_one(s.as_dict(), str(runs_dir / s.name), run_opts))
+    else:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(train_one, s.as_dict(), str(runs_dir / s.name), run_opts) for s in todo]
+            for i, f in enumerate(as_completed(futures), 1):
+                record(i, f.result())
+    seconds = time.perf_counter() - t0
+    failed = {n: err.splitlines()[0] for n, (st, _, err) in done.items() if st != "complete"}
+    result = {"trained": sorted(n for n, (st, _, _) in done.items() if st == "complete"),
+              "skipped": sorted(s.name for s in skipped), "failed": failed, "seconds": seconds, "report": None}
+    if report:
+        from .report import write_report
+
+        t1 = time.perf_counter()
+        pending = [s.name for s in SUITES[suite] if run_status(runs_dir / s.name) != "complete"]
+        res = write_report(out, suite=suite, overlap=SUITE_OPTIONS[suite].get("overlap"), pending=pending,
+                           failed=failed, include=[s.name for s in SUITES[suite]])
+        result["report"] = str(out / "report.md")
+        result["claims"] = {c["id"]: c["verdict"] for c in res["claims"]}
+        log(f"report: {out / 'report.md'} ({time.perf_counter() - t1:.1f} s)")
+    log(f"training: {seconds:.1f} s for {len(todo)} runs ({len(failed)} failed)")
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--suite", choices=sorted(SUITES), default="quick", help="which suite (default quick)")
+    parser.add_argument("--out", required=True, help="output folder: runs/, report.md, figures/, results.json")
+    parser.add_argument("--data-dir", default=None, help="folder searched first for dataset files")
+    parser.add_argument("--download", action="store_true", help="download missing dataset files (checksum-verified)")
+    parser.add_argument("--device", default=None, help="torch device for training (default: the trainer's)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs trained in parallel processes (default 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    parser.add_argument("--only", default=None, metavar="REGEX", help="train only runs whose name matches")
+    parser.add_argument("--list", action="store_true", help="list the suite's runs and their status, then exit")
+    parser.add_argument("--no-report", action="store_true", help="train only; do not write the report")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list:
+        runs_dir = Path(args.out) / "runs"
+        pattern = re.compile(args.only) if args.only else None
+        for s in SUITES[args.suite]:
+            if pattern is None or pattern.search(s.name):
+                print(f"{s.name:48s} {run_status(runs_dir / s.name):12s} {','.join(s.studies)}")
+        return 0
+    res = reproduce(args.suite, args.out, data_dir=args.data_dir, device=args.device, jobs=args.jobs,
+                    only=args.only, threads=args.threads, download=args.download, report=not args.no_report)
+    if res["failed"]:
+        print(f"{len(res['failed'])} runs failed: {', '.join(sorted(res['failed']))}", file=sys.stderr)
+        return 1
+    return 0
