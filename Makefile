@@ -36,6 +36,8 @@ demo: install
 bench: install
 	$(PY) benchmarks/bench_similarity.py
 	$(PY) benchmarks/bench_nnk.py
+	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/collect.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
