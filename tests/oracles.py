@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import torch
 
 
 def xcorr_full(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -146,3 +147,8 @@ def direct_loss(w, pairs="all", channels="per_channel"):
     if pairs == "adjacent":
         return torch.diagonal(energy, offset=-1).sum()
     return (energy.sum() - torch.diagonal(energy).sum()) / 2
+
+
+def rand(*shape, seed=0):
+    """A seeded float64 standard-normal tensor (independent of the global RNG)."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)

@@ -18,13 +18,6 @@ from convsim.measure import (
 from convsim.similarity import conv_similarity
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops: intra-op threads only add synchronisation on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def net():

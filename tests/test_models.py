@@ -9,13 +9,6 @@ from convsim.layers import select_conv_layers
 from convsim.models import MODELS, build, count_parameters
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs on a shared 2-core box: OpenMP threads only contend, so run on one (restored)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def convs(model):

@@ -21,17 +21,9 @@ from convsim.penalties import (
 from convsim.similarity import conv_similarity
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops: intra-op threads only add synchronisation on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
-def rand(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+from oracles import rand
 
 
 def gram_loop(w2, side):

@@ -28,13 +28,6 @@ VARIANTS = list(itertools.product(PAIRS, CHANNELS))
 SHAPES = [(4, 3, 3), (5, 3, 3, 3), (4, 2, 2, 3), (3, 2, 2, 3, 2), (5, 4, 1, 1)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: a second thread only adds barrier waits (seconds when the cores are oversubscribed).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def rand(shape, seed=0, dtype=torch.float64):
