@@ -1,0 +1,217 @@
+"""The report's figures (matplotlib, no pyplot state): curves and bars over seeds with 95% CIs.
+
+:func:`make_figures` writes every figure of :data:`FIGURES` into one folder; a suite without the
+data for a figure gets a placeholder panel saying so.
+
+Example::
+
+    paths = make_figures(group_runs(load_runs("runs/quick/runs")), Path("runs/quick/figures"))
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.ticker import MaxNLocator
+
+from .intervals import mean_ci
+from .io import atomic_write
+from .runs import (CS_METHODS, Group, Run, accuracy_scale, in_study, iters_series, method_label, percent_unit,
+                   width_sweep)
+
+METHOD_COLORS = {
+    "baseline": "#333333", "cs-init": "#1f77b4", "cs-reg": "#ff7f0e", "cs-init+reg": "#2ca02c",
+    "so": "#d62728", "dso": "#e377c2", "mc": "#bcbd22", "srip": "#8c564b", "ocnn": "#9467bd",
+    "decov": "#17becf", "cs-init (normalised)": "#0b3d91", "cs-init+reg (normalised)": "#0e5e0e",
+}
+FIGURES = {
+    "cs_loss": "fig1_cs_loss.png",
+    "train_loss": "fig2_train_loss.png",
+    "train_acc": "fig3_train_acc.png",
+    "resnet18": "fig4_resnet18.png",
+    "init_iters": "fig5_init_iters.png",
+    "width": "fig6_width.png",
+}
+
+
+def curve(runs: Sequence[Run], key: str, init: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x, mean, low, high) over seeds at every epoch (or init step) logged by any run;
+    low/high are NaN where fewer than two runs have the point."""
+    per = [r.init_curve() if init else r.curve(key) for r in runs]
+    xs = sorted(set().union(*per)) if per else []
+    mean, lo, hi = [], [], []
+    for x in xs:
+        e = mean_ci([p[x] for p in per if x in p])
+        mean.append(e.mean)
+        lo.append(e.low if e.low is not None else math.nan)
+        hi.append(e.high if e.high is not None else math.nan)
+    return np.asarray(xs, float), np.asarray(mean), np.asarray(lo), np.asarray(hi)
+
+
+def _new_figure(ncols: int = 1, width: float = 5.0, height: float = 3.6):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    return fig, axes
+
+
+def _save(fig, path: Path) -> Path:
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+
+
+def _empty(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9, wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _band(ax, x, m, lo, hi, label, color, log=False):
+    if log:
+        m = np.where(m > 0, m, np.nan)
+    ax.plot(x, m, label=label, color=color, lw=1.6, marker="o" if len(x) < 12 else None, ms=3)
+    ok = ~np.isnan(lo)
+    if ok.any():
+        low = np.where(lo > 0, lo, m * 0.5) if log else lo
+        ax.fill_between(x[ok], low[ok], hi[ok], color=color, alpha=0.12, lw=0)
+
+
+def _color(g: Group) -> str | None:
+    key = g.method + (" (normalised)" if g.method in CS_METHODS and g.get("cs_normalize") else "")
+    return METHOD_COLORS.get(key, METHOD_COLORS.get(g.method))
+
+
+def _groups_by_model(groups: Sequence[Group]) -> dict[str, list[Group]]:
+    out: dict[str, list[Group]] = {}
+    for g in groups:
+        out.setdefault(str(g.get("model")), []).append(g)
+    return out
+
+
+def fig_cs_loss(groups: Mapping[str, Group], path: Path) -> Path:
+    """Figure 1: CS loss during the initialisation phase (per step) and training (per epoch)."""
+    fig, (a0, a1) = _new_figure(2)
+    by_model = _groups_by_model(in_study(groups, "main"))
+    model = "cnn1" if "cnn1" in by_model else (sorted(by_model)[0] if by_model else None)
+    sel = [g for g in by_model.get(model, []) if g.method in ("baseline",) + CS_METHODS]
+    drew0 = drew1 = False
+    for g in sel:
+        color = _color(g)
+        x, m, lo, hi = curve(g.runs, "cs", init=True)
+        if len(x):
+            _band(a0, x, m, lo, hi, method_label(g), color, log=True)
+            drew0 = True
+        x, m, lo, hi = curve(g.runs, "cs")
+        if len(x):
+            _band(a1, x, m, lo, hi, method_label(g), color, log=True)
+            drew1 = True
+    a1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax, drew, title, xl in ((a0, drew0, "initialisation phase", "CS step"), (a1, drew1, "training", "epoch")):
+        if drew:
+            ax.set_yscale("log")
+            ax.set_xlabel(xl)
+            ax.set_ylabel("CS loss")
+            ax.legend(fontsize=8)
+            ax.set_title(f"{model}: {title}", fontsize=10)
+        else:
+            _empty(ax, f"no {title} CS data in this suite")
+    return _save(fig, path)
+
+
+def fig_curves(groups: Mapping[str, Group], path: Path, key: str, ylabel: str, log: bool, scale: float = 1.0) -> Path:
+    """Figures 2 and 3: a per-epoch metric per method, one panel per model of the main study."""
+    by_model = _groups_by_model([g for g in in_study(groups, "main") if g.get("model") != "resnet18"])
+    models = sorted(by_model) or ["cnn1"]
+    fig, axes = _new_figure(len(models))
+    for ax, model in zip(axes, models):
+        drew = False
+        for g in by_model.get(model, []):
+            if g.method not in ("baseline",) + CS_METHODS:
+                continue  # the penalty baselines are in the tables; the paper's figures compare CS modes
+            x, m, lo, hi = curve(g.runs, key)
+            if len(x):
+                _band(ax, x, m * scale, lo * scale, hi * scale, method_label(g), _color(g), log=log)
+                drew = True
+        if not drew:
+            _empty(ax, f"no {model} runs in this suite")
+            continue
+        if log:
+            ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_title(model, fontsize=10)
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def fig_bars(groups: Sequence[Group], path: Path, title: str, scale: float) -> Path:
+    """Figure 4: test accuracy per configuration with CI error bars."""
+    fig, (ax,) = _new_figure(1, width=max(5.0, 0.9 * len(groups) + 2))
+    ests = [(g, g.estimate("test_acc")) for g in groups]
+    ests = [(g, e) for g, e in ests if e is not None]
+    if not ests:
+        _empty(ax, "no runs for this figure in this suite")
+        return _save(fig, path)
+    xs = np.arange(len(ests))
+    means = [e.mean * scale for _, e in ests]
+    err = [(e.half_width or 0.0) * scale for _, e in ests]
+    ax.bar(xs, means, yerr=err, capsize=4, color=[_color(g) or "#777" for g, _ in ests])
+    ax.set_xticks(xs, [method_label(g) + f"\nw={g.get('width')}" for g, _ in ests], fontsize=7, rotation=20)
+    lo = min(m - e for m, e in zip(means, err))
+    hi = max(m + e for m, e in zip(means, err))
+    pad = max(0.5, 0.15 * (hi - lo))
+    ax.set_ylim(max(0.0, lo - pad), hi + pad)
+    ax.set_ylabel("test accuracy" + percent_unit(scale))
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def fig_xy(series: Mapping[str, Mapping[float, Group]], path: Path, xlabel: str, title: str, scale: float,
+           logx: bool = False) -> Path:
+    """Figures 5 and 6: test accuracy against a swept setting (I or width), one line per series."""
+    fig, (ax,) = _new_figure(1)
+    drew = False
+    for label, by_x in series.items():
+        pts = [(x, g.estimate("test_acc")) for x, g in sorted(by_x.items())]
+        pts = [(x, e) for x, e in pts if e is not None]
+        if not pts:
+            continue
+        x = np.asarray([p[0] for p in pts])
+        m = np.asarray([p[1].mean for p in pts]) * scale
+        err = np.asarray([(p[1].half_width or 0.0) for p in pts]) * scale
+        last = list(by_x.values())[-1]  # the series' own method (its first point may be the baseline)
+        ax.errorbar(x, m, yerr=err, label=label, capsize=3, marker="o", ms=4, color=_color(last))
+        drew = True
+    if not drew:
+        _empty(ax, "no runs for this figure in this suite")
+        return _save(fig, path)
+    xs = sorted({float(x) for by_x in series.values() for x in by_x})
+    if logx:
+        ax.set_xscale("symlog", linthresh=max(1.0, min([x for x in xs if x > 0], default=1.0)))
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy" + percent_unit(scale))
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def make_figures(groups: Mapping[str, Group], fig_dir: Path) -> dict[str, Path]:
+    """Write every figure of :data:`FIGURES` (a placeholder panel when a suite has no data)."""
+    scale = accuracy_scale(groups)
+    fig_dir = Path(fig_dir)
+    paths = {
+        "cs_loss": fig_cs_loss(groups, fig_dir / FIGURES["cs_loss"]),
+        "train_loss": fig_curves(groups, fig_dir / FIGURES["train_loss"], "train_loss", "training loss (log)", True),
+        "train_acc": fig_curves(groups, fig_dir / FIGURES["train_acc"], "train_acc",
+                                "training accuracy" + percent_unit(scale), False, scale),
+        "resnet18": fig_bars(in_study(groups, "resnet"), fig_dir / FIGURES["resnet18"], "ResNet18 test accuracy", scale),
+        "init_iters": fig_xy(iters_series(groups), fig_dir / FIGURES["init_iters"],
+                             "initialisation iterations I", "test accuracy vs I", scale, logx=True),
+        "width": fig_xy({f"{m} {meth}": by_w for (m, meth), by_w in width_sweep(groups).items()},
+                        fig_dir / FIGURES["width"], "width multiplier", "test accuracy vs width", scale),
+    }
+    return paths

@@ -1,0 +1,120 @@
+"""Markdown tables of the report: estimates formatted with their CIs, one row per configuration.
+
+Example::
+
+    print(table_groups(list(groups.values()), 100.0))   # | configuration | method | seeds | test acc (%) |
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Mapping, Sequence
+
+from .intervals import Estimate
+from .runs import Group, collapsed, in_study, method_label, method_rank, percent_unit, width_sweep
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table (``|`` in cells escaped); a placeholder line when there are no rows."""
+    if not rows:
+        return "_no runs in this suite for this table_\n"
+    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def fmt_estimate(e: Estimate | None, scale: float = 1.0, digits: int = 2) -> str:
+    """:meth:`Estimate.fmt`, or ``"—"`` for no data."""
+    return "—" if e is None else e.fmt(scale, digits)
+
+
+def fmt_sci(e: Estimate | None) -> str:
+    """``"1.23e+03 ± 45"`` (3 significant digits), for values spanning decades such as the CS loss."""
+    if e is None:
+        return "—"
+    if e.low is None:
+        return f"{e.mean:.3g} (n=1)"
+    return f"{e.mean:.3g} ± {e.half_width:.2g}"
+
+
+def table_kernel_fm(groups: Mapping[str, Group], scale: float) -> str:
+    """Kernel orthogonality against feature-map similarity, one row per configuration of the main study."""
+    rows = []
+    for g in in_study(groups, "main"):
+        rows.append([g.get("model"), method_label(g) + (" (collapsed)" if collapsed(g) else ""), len(g.runs),
+                     fmt_estimate(g.estimate("kernel_cosine"), 1, 3),
+                     fmt_sci(g.estimate("cs")), fmt_estimate(g.estimate("fm_similarity"), 1, 3),
+                     fmt_estimate(g.estimate("fm_similarity_centered"), 1, 3), fmt_estimate(g.estimate("test_acc"), scale)])
+    return markdown_table(["model", "method", "seeds", "mean |kernel cos|", "CS", "mean |fm cos|",
+                   "mean |fm cos| centred", "test acc" + percent_unit(scale)], rows)
+
+
+def smaller_models(groups: Mapping[str, Group], scale: float) -> tuple[str, list[dict]]:
+    """The width-sweep table and, per CS method, the smallest width whose CS accuracy reaches
+    (mean >= mean) the baseline of the next width up."""
+    sweep = width_sweep(groups)
+    rows, found = [], []
+    for (model, method), by_w in sorted(sweep.items(), key=lambda kv: (str(kv[0][0]), method_rank(kv[0][1]))):
+        if method == "baseline" or (model, "baseline") not in sweep:
+            continue
+        base = sweep[(model, "baseline")]
+        widths = sorted(base)
+        hit = None
+        for i, w in enumerate(widths):
+            if w not in by_w:
+                continue
+            cs_e, b_e = by_w[w].estimate("test_acc"), base[w].estimate("test_acc")
+            nxt = base[widths[i + 1]].estimate("test_acc") if i + 1 < len(widths) else None
+            reaches = nxt is not None and cs_e is not None and cs_e.mean >= nxt.mean
+            if reaches and hit is None:
+                hit = w
+            rows.append([model, f"{w:g}", fmt_estimate(b_e, scale), f"{method_label(by_w[w])}: {fmt_estimate(cs_e, scale)}",
+                         fmt_estimate(nxt, scale) if nxt else "—", "yes" if reaches else ("—" if nxt is None else "no")])
+        found.append({"model": model, "method": method, "smallest_width": hit,
+                      "widths": widths})
+    u = percent_unit(scale)
+    table = markdown_table(["model", "width", f"baseline acc{u}", f"CS acc{u}", f"baseline acc at next width{u}",
+                    "CS reaches it"], rows)
+    return table, found
+
+
+def table_groups(groups: Sequence[Group], scale: float, extra: Sequence[tuple[str, Callable[[Group], str]]] = ()) -> str:
+    """Test accuracy per configuration, then one column per ``(header, fn(group) -> cell)`` of ``extra``."""
+    rows = []
+    for g in groups:
+        rows.append([g.name, method_label(g), len(g.runs), fmt_estimate(g.estimate("test_acc"), scale)]
+                    + [fn(g) for _, fn in extra])
+    return markdown_table(["configuration", "method", "seeds", "test acc" + percent_unit(scale)]
+                  + [h for h, _ in extra], rows)
+
+
+def settings_table(groups: Sequence[Group]) -> tuple[dict, dict[str, dict]]:
+    """The most common value of every setting over the groups (ties: first seen), and each
+    group's settings that differ from it.
+
+    Example: groups with lr 0.02, 0.02, 0.002 give ``typical["lr"] == 0.02`` and ``{"lr": 0.002}``
+    for the third.
+    """
+    cfgs = {g.name: g.config for g in groups}
+    keys = sorted(set().union(*[set(c) for c in cfgs.values()])) if cfgs else []
+    typical = {}
+    for k in keys:
+        counts: dict[str, int] = {}
+        for c in cfgs.values():
+            key = json.dumps(c.get(k), sort_keys=True, default=str)
+            counts[key] = counts.get(key, 0) + 1
+        typical[k] = json.loads(max(counts, key=counts.get))
+    diff = {n: {k: v for k, v in c.items() if json.dumps(v, sort_keys=True, default=str)
+                != json.dumps(typical.get(k), sort_keys=True, default=str)} for n, c in cfgs.items()}
+    return typical, diff
+
+
+def claims_markdown(cl: list[dict]) -> str:
+    """The verdict table of :func:`convsim.claims.claims`, then each claim's evidence as a list."""
+    rows = [[f"({c['id']})", c["claim"], f"**{c['verdict']}**"] for c in cl]
+    out = [markdown_table(["", "paper claim", "verdict on this data"], rows)]
+    for c in cl:
+        out.append(f"**({c['id']}) {c['claim']}** — {c['verdict']}.\n")
+        out += [f"- {line}" for line in c["evidence"]]
+        out.append("")
+    return "\n".join(out) + "\n"
