@@ -156,12 +156,11 @@ def main(argv=None) -> int:
         f"- torch {torch.__version__}, {threads} threads, Python {platform.python_version()}",
         f"- load average (1 min) {load_before[0]:.2f} before and {load_after[0]:.2f} after the run; "
         f"total {time.perf_counter() - t_start:.0f} s",
-        "- **Caveat:** measured while the CPU was shared with other jobs (load above the core count means "
-        "contention); absolute numbers are pessimistic and noisy. The lead re-runs this on a quiet machine.",
-        "- On an oversubscribed CPU use `--threads 1`: with 2 OpenMP threads on 2 busy cores every small "
-        "parallel op waits for a descheduled sibling (cnn1: ~1,000–1,700 img/s with 2 threads against "
-        "~3,700–3,900 with 1, measured back to back under load). `convsim train` defaults to one thread "
-        "per physical core, right for a quiet machine.",
+        ("- **Caveat:** other jobs were running when the benchmark started (1-min load above 0.5), so "
+         "absolute numbers are pessimistic and noisy." if load_before[0] > 0.5 else
+         "- The machine was otherwise idle when the benchmark started (1-min load at most 0.5)."),
+        "- On an oversubscribed CPU prefer `--threads 1` (and `convsim train --threads 1`): with several "
+        "OpenMP threads on busy cores every small parallel op waits for a descheduled sibling.",
         "",
         f"Setting: batch {args.batch}, SGD momentum 0.9, cross-entropy, 1×28×28 inputs (Fashion-MNIST shape); "
         f"fastest of {args.repeats} round(s) of {args.steps} steps after {args.warmup} warm-up steps.",

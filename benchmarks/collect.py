@@ -5,7 +5,9 @@
 """
 from __future__ import annotations
 
+import json
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +24,24 @@ here is typed by hand. Targets come from the issues. Re-run with `make bench`.
 """
 
 
+def quick_cost() -> str:
+    """What the committed `quick` run (docs/quick/results.json, from `make demo`) cost, per model."""
+    path = ROOT / "docs" / "quick" / "results.json"
+    if not path.exists():
+        return "_no docs/quick/results.json: run `make demo` and `scripts/splice_report.py` first_\n"
+    runs = [r for r in json.loads(path.read_text())["runs"] if r.get("complete")]
+    by_model = defaultdict(list)
+    for r in runs:
+        by_model[r["group"].split("-")[0]].append(r["wall_time"])
+    rows = ["| model | runs | wall time per run (s, mean) | total (s) |", "|---|---:|---:|---:|"]
+    for model, times in sorted(by_model.items()):
+        rows.append(f"| {model} | {len(times)} | {sum(times) / len(times):.1f} | {sum(times):.0f} |")
+    total = sum(sum(t) for t in by_model.values())
+    rows.append(f"| **all** | {len(runs)} | | **{total:.0f}** |")
+    return ("Training wall time of the runs of the committed `quick` suite (`make demo`), from each run's "
+            "`summary.json`; the report, figures and the NNK overlap analysis come on top.\n\n" + "\n".join(rows) + "\n")
+
+
 def main() -> int:
     parts = [HEADER]
     for name, title in SECTIONS:
@@ -33,6 +53,7 @@ def main() -> int:
         # Nest each file's headings under its section.
         body = "\n".join("#" + line if line.startswith("#") else line for line in body.splitlines())
         parts.append(f"## {title}\n\n{body}\n")
+    parts.append("## Cost of `make demo` (suite `quick`)\n\n" + quick_cost())
     (ROOT / "BENCHMARKS.md").write_text("\n".join(parts))
     print("wrote BENCHMARKS.md")
     return 0

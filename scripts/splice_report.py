@@ -17,14 +17,35 @@ ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- quick-report:start -->", "<!-- quick-report:end -->"
 
 
+# The report's sections shown in the README (the rest, per-run and per-layer tables included,
+# stays in docs/quick/report.md).
+README_SECTIONS = (
+    "Claims",
+    "Kernel orthogonality versus feature-map similarity",
+    "Figure 4: ResNet18",
+    "Figure 5: test accuracy versus initialisation iterations",
+    "Smaller models",
+    "Momentum",
+    "Early stopping",
+)
+# Within the overlap section only the correlation table is shown.
+OVERLAP = "Channel-wise NNK overlap"
+CORRELATION = "**Correlation with test accuracy"
+
+
 def tables_and_claims(report: str) -> str:
-    """The report's sections that hold tables or the claims verdicts, figure links dropped."""
+    """The report's claims and main tables, headings demoted one level, figure links dropped."""
     keep = []
     for section in re.split(r"(?m)^(?=## )", report):
-        if section.startswith("## ") and ("|" in section or "claim" in section.lower()):
-            # Demote headings one level so they nest under the README's own section.
-            section = re.sub(r"(?m)^(#+) ", lambda m: "#" + m.group(1) + " ", section)
-            keep.append(re.sub(r"(?m)^!\[.*\]\(.*\)\s*$", "", section).strip())
+        title = section.splitlines()[0][3:].strip() if section.startswith("## ") else ""
+        if title == OVERLAP and CORRELATION in section:
+            part = section[section.index(CORRELATION):]
+            part = part.split("\n**", 1)[0] if "\n**" in part[2:] else part
+            section = f"## {title}: last conv layer against test accuracy\n\n" + part
+        elif title not in README_SECTIONS:
+            continue
+        section = re.sub(r"(?m)^(#+) ", lambda m: "#" + m.group(1) + " ", section)
+        keep.append(re.sub(r"(?m)^!\[.*\]\(.*\)\s*$", "", section).strip())
     return "\n\n".join(keep)
 
 
