@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-import numpy as np
 
 from .claims import (FAILS, HOLDS, NOT_TESTED, OVERLAPS, TOO_FEW, claim_accuracy, claim_convergence,  # noqa: F401
                      claim_momentum, claim_orthogonality, claim_smaller, claims, combine, verdict)
@@ -78,15 +77,13 @@ def jsonable(obj: Any) -> Any:
 
 
 def run_versions() -> dict:
-    """Versions of convsim, Python and the libraries that computed and drew the report."""
+    """Versions of a run's libraries plus those that computed and drew the report."""
     import matplotlib
     import scipy
-    import torch
 
-    from . import __version__
+    from .summary import versions
 
-    return {"convsim": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "scipy": scipy.__version__, "matplotlib": matplotlib.__version__,
+    return {**versions(), "scipy": scipy.__version__, "matplotlib": matplotlib.__version__,
             "platform": platform.platform()}
 
 

@@ -60,7 +60,7 @@ def make_summary(config: TrainConfig, status: str, history: list[dict], initial:
         "delivered_epoch": delivered_epoch,
         "config": asdict(config),
         "seed": config.seed,
-        "versions": _versions(),
+        "versions": versions(),
         "git": _git_revision(),
         "device": _device_name(device),
         "world_size": env.world_size,
@@ -76,7 +76,8 @@ def make_summary(config: TrainConfig, status: str, history: list[dict], initial:
     return summary
 
 
-def _versions() -> dict:
+def versions() -> dict:
+    """Versions of convsim, Python and the libraries a run depends on."""
     from . import __version__
 
     return {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
