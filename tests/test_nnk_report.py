@@ -122,3 +122,42 @@ def test_analysis_validates_options(run_dirs, tmp_path):
         overlap_analysis(run_dirs, tmp_path, split="val")
     with pytest.raises(ValueError, match="at least one run directory"):
         overlap_analysis([], tmp_path)
+
+
+def test_runs_at_chance_accuracy_are_left_out_of_the_correlations(run_dirs, tmp_path):
+    """A collapsed run (test accuracy at chance) stays in the tables but not in Pearson/Spearman r."""
+    import shutil
+
+    dirs = []
+    for d, acc in zip(run_dirs, (0.10, 0.72, 0.68)):
+        copy = tmp_path / d.name
+        shutil.copytree(d, copy)
+        s = json.loads((copy / "summary.json").read_text())
+        s["test_acc"] = acc
+        (copy / "summary.json").write_text(json.dumps(s))
+        dirs.append(copy)
+    res = overlap_analysis(dirs, tmp_path / "out", n_samples=60, k=5, figures=False)
+    assert [r["collapsed"] for r in res["runs"]] == [True, False, False]
+    assert all(c["n"] == 2 for c in res["correlations"].values())
+    assert "cnn1-seed0" in overlap_markdown(res).split("left out of the correlations")[1]
+
+
+def test_correlations_are_also_given_within_each_model(run_dirs, tmp_path):
+    """With two architectures, each model's runs get their own correlations (pooling confounds them)."""
+    import shutil
+
+    dirs = list(run_dirs)
+    for seed, acc in enumerate((0.5, 0.6, 0.7)):
+        d = tmp_path / f"cnn2-seed{seed}"
+        config = TrainConfig(model="cnn2", dataset="synthetic", width=0.25, seed=seed, out=str(d))
+        d.mkdir()
+        torch.manual_seed(seed)
+        torch.save({"model": build_model(config).state_dict()}, d / "checkpoint.pt")
+        (d / "summary.json").write_text(json.dumps({"config": asdict(config), "test_acc": acc, "seed": seed}))
+        dirs.append(d)
+    res = overlap_analysis(dirs, tmp_path / "out", n_samples=60, k=5, figures=False)
+    assert sorted(res["correlations_by_model"]) == ["cnn1", "cnn2"]
+    assert all(c["n"] == 3 for corr in res["correlations_by_model"].values() for c in corr.values())
+    assert all(c["n"] == 6 for c in res["correlations"].values())
+    assert "_Within cnn2 runs only:_" in overlap_markdown(res)
+    shutil.rmtree(tmp_path / "out")

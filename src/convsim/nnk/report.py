@@ -27,6 +27,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
+from .. import data
 from ..io import atomic_write, atomic_write_json, atomic_write_text
 from .channels import ChannelOverlap, layer_overlap
 from .neighbors import KERNELS
@@ -92,6 +93,20 @@ def _correlation(x: Sequence[float], y: Sequence[float]) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in res.items()}
 
 
+def _correlations(runs: Sequence[dict]) -> dict:
+    """Correlation of each last-layer measure with test accuracy across ``runs``."""
+    accs = [r["test_acc"] for r in runs]
+    return {m: _correlation([r["last_layer"].get(m) for r in runs], accs) for m in MEASURES}
+
+
+def _correlation_table(correlations: dict) -> list[str]:
+    rows = ["| measure | n | Pearson r | p | Spearman r | p |", "|---|---|---|---|---|---|"]
+    for m, c in correlations.items():
+        rows.append(f"| {MEASURES[m]} | {c['n']} | {_fmt(c['pearson_r'], 2)} | {_fmt(c['pearson_p'], 3)} "
+                    f"| {_fmt(c['spearman_r'], 2)} | {_fmt(c['spearman_p'], 3)} |")
+    return rows
+
+
 def _run_label(run_dir: Path, config, summary: dict) -> str:
     spec = run_dir / "spec.json"
     if spec.exists():
@@ -105,7 +120,6 @@ def _run_label(run_dir: Path, config, summary: dict) -> str:
 
 
 def _samples(dataset: str, split: str, n_samples: int, seed: int, root) -> tuple[torch.Tensor, torch.Tensor]:
-    from .. import data
 
     images, labels = data.load(dataset, split, root=root)
     if images.shape[0] > n_samples:
@@ -200,13 +214,22 @@ def overlap_analysis(
                            "weighted_overlap": last.weighted_overlap.tolist(), "dead_channels": last.dead.tolist(),
                            "loo_error": None if last.loo_error is None else last.loo_error.tolist()},
         })
-    accs = [r["test_acc"] for r in runs]
-    correlations = {m: _correlation([r["last_layer"].get(m) for r in runs], accs) for m in MEASURES}
+    # A run at chance accuracy (e.g. kernels shrunk to ~0 by a raw CS initialisation) is a degenerate
+    # network, not a point on the overlap/generalisation curve: keep it in the tables, not in r.
+    for r in runs:
+        chance = 1.0 / data.DATASETS[r["dataset"]].classes
+        r["collapsed"] = r["test_acc"] is not None and r["test_acc"] < 1.5 * chance
+    trained = [r for r in runs if not r["collapsed"]]
+    correlations = _correlations(trained)
+    # Pooling architectures confounds overlap with the model (M3 is about 1/C): also per model.
+    models = sorted({str(r["model"]) for r in trained})
+    by_model = {m: _correlations([r for r in trained if str(r["model"]) == m]) for m in models} if len(models) > 1 else {}
     result = {
         "options": {"n_samples": int(n_samples), "k": k, "kernel": kernel, "solver": solver, "split": split,
                     "seed": seed, "layers": list(layers) if layers else None},
         "runs": runs,
         "correlations": correlations,
+        "correlations_by_model": by_model,
         "figures": [],
         "out_dir": str(out_dir),
     }
@@ -274,9 +297,10 @@ def _figures(result: dict, out_dir: Path) -> list[str]:
     _save(fig, out_dir / FIGURES[2])
     # 4. last-layer overlap against test accuracy
     fig, axes = _new_figure(2)
-    acc = [r["test_acc"] for r in runs]
+    trained = [r for r in runs if not r.get("collapsed")]
+    acc = [r["test_acc"] for r in trained]
     for ax, m in zip(axes, ("aggregate_ratio", "redundancy")):
-        xs = [r["last_layer"][m] for r in runs]
+        xs = [r["last_layer"][m] for r in trained]
         pts = [(x, y) for x, y in zip(xs, acc) if y is not None]
         if pts:
             px, py = np.array(pts).T
@@ -338,11 +362,14 @@ def overlap_markdown(result: dict, figure_dir: Optional[str] = None) -> str:
                      f"| {_fmt(L['mean_layer_count'], 2)} | {_fmt(L['jaccard_score'])} | {_fmt(L['redundancy'])} "
                      f"| {_fmt(L['aggregate_ratio'])} | {_fmt(L.get('mean_channel_loo'))} | {_fmt(L.get('layer_loo'))} "
                      f"| {_fmt(r['test_acc'], 4)} |")
-    lines += ["", "**Correlation with test accuracy across runs (last conv layer)**", "",
-              "| measure | n | Pearson r | p | Spearman r | p |", "|---|---|---|---|---|---|"]
-    for m, c in result["correlations"].items():
-        lines.append(f"| {MEASURES[m]} | {c['n']} | {_fmt(c['pearson_r'], 2)} | {_fmt(c['pearson_p'], 3)} "
-                     f"| {_fmt(c['spearman_r'], 2)} | {_fmt(c['spearman_p'], 3)} |")
+    lines += ["", "**Correlation with test accuracy across runs (last conv layer)**", ""]
+    lines += _correlation_table(result["correlations"])
+    for model, corr in result.get("correlations_by_model", {}).items():
+        lines += ["", f"_Within {model} runs only:_", ""] + _correlation_table(corr)
+    excluded = [r["name"] for r in result["runs"] if r.get("collapsed")]
+    if excluded:
+        lines += ["", f"_Runs at chance accuracy (below 1.5 × chance) are left out of the correlations: "
+                      f"{', '.join(excluded)}._"]
     if all(c["pearson_r"] is None for c in result["correlations"].values()):
         lines += ["", "_Correlations need at least 3 runs whose values vary._"]
     lines += ["", "**Every conv layer**", "",
