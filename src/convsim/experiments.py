@@ -12,14 +12,15 @@ into ``DIR/runs/<name>/`` (complete runs are skipped, interrupted ones resumed),
 ``DIR/report.md``, ``DIR/figures/*.png``, ``DIR/results.json`` and ``DIR/summary.csv`` via
 :func:`convsim.report.write_report`. Re-running it only re-aggregates.
 
-Suites (timings: see ``SUITE_NOTES``):
+Suites (what ``quick`` costs on a 2-core CPU is recorded in ``BENCHMARKS.md``):
 
-* ``smoke``: synthetic data, tiny subsets, 2 seeds, 1-2 epochs; every report section has data. Run by
-  the tests.
-* ``quick``: Fashion-MNIST subsets, cnn1/cnn2, 3 seeds, the main methods and baselines, a width
-  sweep, an I sweep, momentum, early stopping and a tiny ResNet18: ``make demo`` on 2 CPU cores.
-* ``paper``: the full protocol for a GPU (50 epochs, full Fashion-MNIST, ResNet18 widths,
-  I in {0, 100, 500, 1000, 2000}, beta in {0.001, 0.01, 0.1}).
+* ``smoke`` (32 runs): synthetic data, tiny subsets, 2 seeds, 1-2 epochs; every report section has
+  data, no number means anything. Run by the tests.
+* ``quick`` (72 runs): Fashion-MNIST subsets, cnn1/cnn2, 3 seeds, the CS modes and the
+  SO/OCNN/SRIP/DeCov baselines, a width sweep, an I sweep, momentum, early stopping and a tiny
+  ResNet18 (``make demo``; on a busy machine ``--jobs 2 --threads 1`` is faster).
+* ``paper`` (180 runs): the full protocol for a GPU (full Fashion-MNIST, 50 epochs for cnn1/cnn2,
+  ResNet18 widths 0.25-1, I in {0, 100, 500, 1000, 2000}, beta in {0.001, 0.01, 0.1}). Not run here.
 """
 from __future__ import annotations
 
