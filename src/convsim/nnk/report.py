@@ -242,6 +242,22 @@ def overlap_analysis(
 # ------------------------------------------------------------------------------------------ figures
 
 
+def _depth_pair(runs: Sequence[dict], left: tuple[str, str, str], right: tuple[str, str, str], legend: bool,
+                path: Path) -> None:
+    """Two panels of per-layer values against depth, one line per run (same colour in both);
+    ``left``/``right`` are (layer key, y label, title)."""
+    fig, axes = _new_figure(2)
+    for r in runs:
+        d = [lay["depth"] for lay in r["layers"]]
+        line, = axes[0].plot(d, [lay[left[0]] for lay in r["layers"]], marker="o", ms=3, label=r["name"])
+        axes[1].plot(d, [lay[right[0]] for lay in r["layers"]], marker="o", ms=3, color=line.get_color())
+    for ax, (_, ylabel, title) in zip(axes, (left, right)):
+        ax.set(xlabel="conv layer (depth)", ylabel=ylabel, title=title)
+    if legend:
+        axes[0].legend(fontsize=6)
+    _save(fig, path)
+
+
 def _new_figure(ncols: int, width: float = 4.6, height: float = 3.4, nrows: int = 1):
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
@@ -260,27 +276,11 @@ def _figures(result: dict, out_dir: Path) -> list[str]:
     runs = result["runs"]
     legend = len(runs) <= 12
     # 1. counts against depth: per-channel mean vs whole-layer mean
-    fig, (a, b) = _new_figure(2)
-    for r in runs:
-        d = [lay["depth"] for lay in r["layers"]]
-        line, = a.plot(d, [lay["mean_channel_count"] for lay in r["layers"]], marker="o", ms=3, label=r["name"])
-        b.plot(d, [lay["mean_layer_count"] for lay in r["layers"]], marker="o", ms=3, color=line.get_color())
-    a.set(xlabel="conv layer (depth)", ylabel="mean NNK count", title="per channel")
-    b.set(xlabel="conv layer (depth)", ylabel="mean NNK count", title="whole layer")
-    if legend:
-        a.legend(fontsize=6)
-    _save(fig, out_dir / FIGURES[0])
+    _depth_pair(runs, ("mean_channel_count", "mean NNK count", "per channel"),
+                ("mean_layer_count", "mean NNK count", "whole layer"), legend, out_dir / FIGURES[0])
     # 2. redundancy (1 - M2) and M3 against depth
-    fig, (a, b) = _new_figure(2)
-    for r in runs:
-        d = [lay["depth"] for lay in r["layers"]]
-        line, = a.plot(d, [lay["redundancy"] for lay in r["layers"]], marker="o", ms=3, label=r["name"])
-        b.plot(d, [lay["aggregate_ratio"] for lay in r["layers"]], marker="o", ms=3, color=line.get_color())
-    a.set(xlabel="conv layer (depth)", ylabel="1 - M2", title="redundancy (shared channel neighbours)")
-    b.set(xlabel="conv layer (depth)", ylabel="M3", title="layer count / sum of channel counts")
-    if legend:
-        a.legend(fontsize=6)
-    _save(fig, out_dir / FIGURES[1])
+    _depth_pair(runs, ("redundancy", "1 - M2", "redundancy (shared channel neighbours)"),
+                ("aggregate_ratio", "M3", "layer count / sum of channel counts"), legend, out_dir / FIGURES[1])
     # 3. M1 heat maps of the last conv layer
     shown = runs[:MAX_HEATMAPS]
     ncols = min(4, len(shown))
