@@ -5,11 +5,15 @@
 * :func:`nnk_graph` -- the symmetric NNK graph as a ``scipy.sparse`` matrix.
 * :func:`channel_overlap`, :func:`channel_loo_error`, :func:`layer_overlap` -- channel-wise NNK
   of conv-layer activations: neighbour counts, channel overlap (M1, M1w, M2, M3), LOO error.
+
+On CPU, with the optional ``numba`` (``pip install 'convsim[fast]'``), candidate selection, kernel
+systems and the exact solver run as compiled kernels; :func:`compiled_kernels` (or
+``CONVSIM_NUMBA=0``) switches them off.
 """
 from .channels import ChannelOverlap, channel_loo_error, channel_overlap, layer_overlap
 from .graph import nnk_graph
 from .neighbors import NNKResult, nnk_neighbors
-from .solvers import SolveResult, active_set, projected_gradient
+from .solvers import SolveResult, active_set, compiled_kernels, projected_gradient
 
 __all__ = [
     "NNKResult",
@@ -22,4 +26,5 @@ __all__ = [
     "SolveResult",
     "active_set",
     "projected_gradient",
+    "compiled_kernels",
 ]

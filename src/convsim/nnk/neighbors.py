@@ -38,7 +38,7 @@ from typing import Optional
 import torch
 
 from . import search
-from .solvers import SOLVERS, cpu_threads, matvec, solve
+from .solvers import SOLVERS, cpu_threads, matvec, solve, use_compiled
 
 __all__ = ["NNKResult", "nnk_neighbors", "KERNELS", "DUPLICATES"]
 
@@ -166,21 +166,31 @@ def _features(kernel: str, X: torch.Tensor):
     return torch.cat([X, sq, one], -1), torch.cat([-2 * X, one, sq], -1)
 
 
-def _point_systems(kernel, U, V, Uq, Vq, idx):
+def _point_systems(kernel, U, V, Uq, Vq, idx, threads=None):
     """Kernel systems from gathered feature rows: (b_or_dist2, K_or_D2), shapes (Gc, q, k[, k]).
 
     ``U``/``V`` (Gc, n, f) are the feature tables of :func:`_features` (``V`` is ``None`` for the
-    cosine kernel, whose table is symmetric); ``Uq``/``Vq`` (Gc, q, f) the queries' rows.
+    cosine kernel, whose table is symmetric); ``Uq``/``Vq`` (Gc, q, f) the queries' rows. On CPU
+    in float64 with numba the compiled :func:`~convsim.nnk._numba.kernel_systems` (``threads``
+    workers) forms them without materialising the gathered rows.
     """
     Gc, q, k = idx.shape
     n, f = U.shape[1], U.shape[2]
     flat = (idx.clamp_min(0) + (torch.arange(Gc, device=idx.device) * n).view(Gc, 1, 1)).view(-1)
+    # the query's own row: cosine needs u_q, the distance form needs v_q
+    vq = Uq if V is None else Vq
+    if U.device.type == "cpu" and U.dtype == torch.float64 and use_compiled():
+        from . import _numba
+
+        Un = U.reshape(Gc * n, f).numpy()
+        m, M = _numba.kernel_systems(Un, Un if V is None else V.reshape(Gc * n, f).numpy(),
+                                     vq.reshape(Gc * q, f).numpy(), flat.view(Gc * q, k).numpy(),
+                                     clamp=V is not None, threads=threads)
+        return torch.from_numpy(m).view(Gc, q, k), torch.from_numpy(M).view(Gc, q, k, k)
     Zu = U.reshape(Gc * n, f).index_select(0, flat).view(Gc * q, k, f)
     Zv = Zu if V is None else V.reshape(Gc * n, f).index_select(0, flat).view(Gc * q, k, f)
     M = torch.bmm(Zu, Zv.transpose(1, 2))
-    # the query's own row: cosine needs u_q, the distance form needs v_q
-    vq = (Uq if V is None else Vq).reshape(Gc * q, f, 1)
-    m = torch.bmm(Zu, vq).view(Gc, q, k)
+    m = torch.bmm(Zu, vq.reshape(Gc * q, f, 1)).view(Gc, q, k)
     if V is not None:
         M.clamp_min_(0)
         m.clamp_min_(0)
@@ -210,10 +220,10 @@ def nnk_core(
 
     The shared engine behind :func:`nnk_neighbors` (G = 1) and the channel-wise analysis
     (G = channels). ``query_index`` (q,) restricts the queries to some points of ``X`` (each
-    still excluded from its own candidates). Candidates are searched in the dtype of ``X`` with
-    torch's thread setting; kernels and solves use ``dtype`` and ``threads`` CPU threads (see
-    :func:`~convsim.nnk.solvers.cpu_threads`). Returns a dict of (G, q, ...) tensors with the
-    fields of :class:`NNKResult`.
+    still excluded from its own candidates). Candidates are searched in the dtype of ``X``;
+    kernels and solves use ``dtype``. The search and the compiled kernels use torch's thread
+    setting, the small torch operations ``threads`` (see :func:`~convsim.nnk.solvers.cpu_threads`).
+    Returns a dict of (G, q, ...) tensors with the fields of :class:`NNKResult`.
 
     Example:
         >>> X = torch.tensor([[[0.0], [1.0], [2.0]], [[0.0], [5.0], [6.0]]])  # two groups
@@ -223,6 +233,7 @@ def nnk_core(
     """
     G, n, d = X.shape
     dev = X.device
+    torch_threads = torch.get_num_threads()  # for the large products and the compiled kernels
     if query_index is not None:
         query_index = query_index.to(dev)
     zero_x = (X == 0).all(-1)  # flags refer to the raw points
@@ -257,7 +268,7 @@ def nnk_core(
         gs, rs = blk.groups, blk.rows
         rows = rs if query_index is None else query_index[rs]
         b, K = _point_systems(kernel, U[gs], None if kernel == "cosine" else V[gs],
-                              Uq[gs][:, rows], Vq[gs][:, rows], blk.index)
+                              Uq[gs][:, rows], Vq[gs][:, rows], blk.index, torch_threads)
         # Gaussian tables give float64 squared distances; for cosine keep the search's distances
         return b, K, (b if kernel == "gaussian" else blk.dist2.to(dtype))
 
@@ -273,15 +284,20 @@ def nnk_core(
         "kkt": torch.zeros(G, q, dtype=dtype, device=dev),
     }
     opts = dict(solver_options or {})
-    opts.setdefault("threads", threads)
+    # The compiled solver splits the batch over its own workers in chunks handed out one at a
+    # time, so it uses every thread torch may use; ``threads`` is for the small torch operations.
+    compiled = (solver == "exact" and opts.get("backend", "auto") != "torch" and dev.type == "cpu"
+                and dtype == torch.float64 and use_compiled())
+    opts.setdefault("threads", torch_threads if compiled else threads)
     # systems per batched solve: large enough to amortise the solver's per-iteration overhead,
     # small enough that the (k+1)^2 tableaux (about 24 MB) stay in a CPU's last-level cache
     solve_batch = min(16384, max(1024, 3 * 2**20 // ((k + 1) * (k + 1))))
     opts.setdefault("batch_size", solve_batch)
+    min_batch = solve_batch // 4  # smaller blocks are gathered into one solve
     blocks = search.candidate_blocks(
         X, k, queries=queries, query_index=query_index, banned=banned, backend=backend,
         max_elements=max_elements, gram_dtype=dtype, want_gram=use_gram,
-        row_cost=3 * k * k + (0 if use_gram else 2 * k * (d + 2)), threads=torch.get_num_threads())
+        row_cost=3 * k * k + (0 if use_gram else 2 * k * (d + 2)), threads=torch_threads)
     pending: list = []  # systems of several small blocks are solved together
 
     def flush():
@@ -328,7 +344,7 @@ def nnk_core(
             out["indices"][gs, rs] = idx
             out["distances"][gs, rs] = dist2.sqrt()
             pending.append((b.reshape(-1, k), K.reshape(-1, k, k), valid.reshape(-1, k), gs, rs, (Gc, qc)))
-            if sum(p[0].shape[0] for p in pending) >= solve_batch:
+            if sum(p[0].shape[0] for p in pending) >= min_batch:  # large blocks are never copied
                 flush()
         flush()
     out["count"] = (out["weights"] > 0).sum(-1)
@@ -407,9 +423,10 @@ def nnk_neighbors(
             off for large n in few dimensions).
         max_elements: bound on the floats held per search/solve block.
         dtype: compute dtype of kernels and solver (float64 by default).
-        threads: CPU threads for the kernels and the solver, whose many small operations run
-            fastest single-threaded; ``None`` keeps torch's setting. The candidate search's large
-            products always use torch's setting.
+        threads: CPU threads for the many small torch operations (kernels, masks, and the torch
+            solver), which run fastest single-threaded; ``None`` keeps torch's setting. The
+            search's large products and the compiled (numba) kernels use torch's setting,
+            ``torch.get_num_threads()``; the compiled solver's can be set in ``solver_options``.
         solver_options: extra keyword arguments for the solver
             (:func:`~convsim.nnk.solvers.active_set` / :func:`~convsim.nnk.solvers.projected_gradient`).
 

@@ -3,12 +3,14 @@ r"""Exact k-nearest-neighbour candidate search, chunked so memory stays bounded.
 Points come in *groups* (one group per channel in the channel-wise analysis): ``X`` has shape
 ``(G, n, d)`` and every group is searched independently. Neighbours are ranked by the Euclidean
 distance, through the score :math:`\|x_j\|^2-2\langle x_i,x_j\rangle` (the squared distance minus
-the query's own norm) computed blockwise with one fused batched product, then ``topk``; or by a
-FAISS flat index when it is importable and chosen, or by an exact k-d tree
-(``scipy.spatial.cKDTree``, float64, CPU) when chosen. A query that is itself a database point is
-excluded from its own candidates **by index identity**: ``k+1`` points are taken and the query is
-removed from them, or the farthest one when the query is not among them (which happens only when
-more than ``k`` exact duplicates tie with it).
+the query's own norm) computed blockwise with one fused batched product, then the k smallest
+scores per row (the compiled scan of :func:`convsim.nnk._numba.smallest_k` on CPU when numba is
+in use, ``topk`` otherwise); or by a FAISS flat index when it is importable and chosen, or by an
+exact k-d tree (``scipy.spatial.cKDTree``, float64, CPU) when chosen. A query that is itself a
+database point is excluded from its own candidates **by index identity**: the compiled scan skips
+its column; the other paths take ``k+1`` points and remove the query from them, or the farthest
+one when the query is not among them (which happens only when more than ``k`` exact duplicates
+tie with it). Ties at the k-th distance may be broken differently by the different paths.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from .solvers import cpu_threads
+from .solvers import cpu_threads, use_compiled
 
 __all__ = ["Block", "candidate_blocks", "faiss_available", "BACKENDS"]
 
@@ -67,14 +69,34 @@ def _drop_self(val: torch.Tensor, idx: torch.Tensor, self_cols: torch.Tensor):
 
 def _select(score, sq_q, k, self_cols, threads=None):
     """Top-k of a score block (Gc, q, n); returns (index with -1 for missing, squared distances)."""
-    kk = k + (self_cols is not None)
-    with cpu_threads(threads, score.device):
-        val, idx = score.topk(kk, dim=-1, largest=False, sorted=True)
-    if self_cols is not None:
-        val, idx = _drop_self(val, idx, self_cols)
+    if _compiled_select(score):
+        val, idx = _smallest_k(score, k, self_cols, threads)
+    else:
+        kk = k + (self_cols is not None)
+        with cpu_threads(threads, score.device):
+            val, idx = score.topk(kk, dim=-1, largest=False, sorted=True)
+        if self_cols is not None:
+            val, idx = _drop_self(val, idx, self_cols)
     missing = torch.isinf(val)
     dist2 = (val + sq_q.unsqueeze(-1)).clamp_min_(0).masked_fill_(missing, float("inf"))
     return idx.masked_fill_(missing, -1), dist2
+
+
+def _compiled_select(score: torch.Tensor) -> bool:
+    """Whether the compiled selection (numba, CPU) handles this score block."""
+    return score.device.type == "cpu" and score.dtype in (torch.float32, torch.float64) and use_compiled()
+
+
+def _smallest_k(score, k, self_cols, threads):
+    """The compiled k-smallest scan of :mod:`convsim.nnk._numba`; the query's own column is
+    skipped, so this is exactly the k nearest other points (ties to the smaller index)."""
+    from . import _numba
+
+    Gc, q, n = score.shape
+    S = score.detach().reshape(Gc * q, n).contiguous().numpy()
+    exclude = None if self_cols is None else self_cols.cpu().repeat(Gc).numpy()
+    val, idx = _numba.smallest_k(S, k, exclude, threads=threads)
+    return torch.from_numpy(val).view(Gc, q, k), torch.from_numpy(idx).view(Gc, q, k)
 
 
 def _faiss_topk(Xg: torch.Tensor, Qg: torch.Tensor, k: int, banned: Optional[torch.Tensor],

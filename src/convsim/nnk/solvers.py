@@ -28,24 +28,26 @@ the NNK problem; with :math:`A = LL^\top` it is the NNLS problem
 
 Both work in the dtype and on the device of ``A`` and process the batch in chunks of
 ``batch_size`` systems so memory stays bounded. On CPU, when ``numba`` is installed (the ``fast``
-extra), :func:`active_set` uses the compiled per-system solver of :mod:`convsim.nnk._numba`
-(``backend="auto"``); systems it does not settle (iteration limit, KKT violation above
-``kkt_tol``) are re-solved by the torch path.
+extra) and not switched off (:func:`use_compiled`), :func:`active_set` uses the compiled
+per-system solver of :mod:`convsim.nnk._numba` (``backend="auto"``); systems it does not settle
+(iteration limit, KKT violation above ``kkt_tol``) are re-solved by the torch path.
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import torch
 
-__all__ = ["SolveResult", "active_set", "projected_gradient", "solve", "objective", "numba_available", "SOLVERS",
-           "BACKENDS"]
+__all__ = ["SolveResult", "active_set", "projected_gradient", "solve", "objective", "numba_available",
+           "use_compiled", "compiled_kernels", "SOLVERS", "BACKENDS"]
 
 SOLVERS = ("exact", "fast")
 BACKENDS = ("auto", "torch", "numba")
 _NUMBA: list = []  # the imported convsim.nnk._numba module, or None, once looked up
+_COMPILED_ON = [os.environ.get("CONVSIM_NUMBA", "1") != "0"]  # a stack: compiled_kernels() nests
 
 
 def numba_available() -> bool:
@@ -62,6 +64,35 @@ def numba_available() -> bool:
             _numba = None
         _NUMBA.append(_numba)
     return _NUMBA[0] is not None
+
+
+def use_compiled() -> bool:
+    """Whether the CPU fast paths (selection, kernel systems, exact solver) use the numba kernels.
+
+    True when numba imports and they are switched on: by default, unless the environment
+    variable ``CONVSIM_NUMBA=0`` switches them off for the process or :func:`compiled_kernels`
+    for a block.
+
+    Example:
+        >>> with compiled_kernels(False):
+        ...     use_compiled()
+        False
+    """
+    return _COMPILED_ON[-1] and numba_available()
+
+
+@contextmanager
+def compiled_kernels(enabled: bool = True) -> Iterator[None]:
+    """Switch the compiled (numba) kernels on or off inside the block (off: the torch paths only).
+
+    Results agree either way to rounding (the tests hold both paths to the same oracles); off is
+    what a user without numba gets, and what runs on GPUs anyway.
+    """
+    _COMPILED_ON.append(bool(enabled))
+    try:
+        yield
+    finally:
+        _COMPILED_ON.pop()
 
 
 @dataclass
@@ -373,7 +404,7 @@ def active_set(
         if not numba_available():
             raise ImportError("backend='numba' needs numba (pip install 'convsim[fast]')")
     use_numba = backend == "numba" or (backend == "auto" and A.device.type == "cpu"
-                                       and A.dtype == torch.float64 and numba_available())
+                                       and A.dtype == torch.float64 and use_compiled())
     if use_numba and B:
         return _active_set_numba(A, b, tol, pivot_tol, max_iter, kkt_tol, batch_size, threads)
     with cpu_threads(threads, A.device):
