@@ -220,6 +220,27 @@ def test_resume_rejects_a_changed_config(straight):
         T.train(make_config(straight[0], epochs=3, lr=0.1, resume=True))
 
 
+def test_resume_accepts_a_run_stored_before_a_field_existed(tmp_path):
+    """A checkpoint whose config lacks a newer field resumes when that field keeps its default."""
+    out = tmp_path / "old"
+    T.train(make_config(out, epochs=1))
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+    del ckpt["config"]["drop_last"]
+    torch.save(ckpt, out / "checkpoint.pt")
+    assert T.train(make_config(out, epochs=2, resume=True))["epochs_run"] == 2
+    with pytest.raises(T.ConfigError, match="drop_last: stored False, given True"):
+        T.train(make_config(out, epochs=3, resume=True, drop_last=True))
+
+
+@pytest.mark.parametrize("drop_last, seen", [(False, 250), (True, 224)])
+def test_drop_last_skips_only_a_short_last_batch(tmp_path, drop_last, seen):
+    """250 images in batches of 32: seven full batches and one of 26, which drop_last skips."""
+    summary = T.train(make_config(tmp_path, train_subset=250, epochs=1, drop_last=drop_last))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_samples"] for r in records if r["epoch"] == 1] == [seen]
+    assert summary["status"] == "complete"
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -232,7 +253,8 @@ def parser() -> argparse.ArgumentParser:
 def test_cli_flags_round_trip_to_the_config():
     """to_argv -> parse -> config_from_args gives back a config with every field changed."""
     config = T.TrainConfig(model="cnn2", width=0.5, dataset="mnist", data_dir="/data", download=True,
-                           train_subset=512, test_subset=100, epochs=3, batch_size=64, optimizer="adam", lr=0.1,
+                           train_subset=512, test_subset=100, epochs=3, batch_size=64, drop_last=True,
+                           optimizer="adam", lr=0.1,
                            momentum=0.5, weight_decay=1e-4, schedule="cosine", beta=0.01, cs_pairs="adjacent",
                            cs_channels="cross", cs_normalize=True, init_iters=7, init_lr=0.01,
                            init_optimizer="train", penalty="srip", penalty_weight=0.5, early_stop="validation",

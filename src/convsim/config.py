@@ -75,6 +75,8 @@ class TrainConfig:
     # --- optimisation
     epochs: int = _opt(10, "epochs to train (with --resume: the total to reach)")
     batch_size: int = _opt(128, "global minibatch size (split across DDP ranks)")
+    drop_last: bool = _opt(False, "skip each epoch's last batch when it is short (a tiny batch "
+                           "skews BatchNorm's running statistics)")
     optimizer: str = _opt("sgd", "training optimizer", OPTIMIZERS)
     lr: float = _opt(0.01, "learning rate")
     momentum: float = _opt(0.9, "SGD momentum (Adam uses its default betas)")

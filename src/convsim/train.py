@@ -319,7 +319,7 @@ def train_epoch(net: nn.Module, x: torch.Tensor, y: torch.Tensor, perm: torch.Te
 
     Under DDP the permutation is cut to a multiple of the world size (at most world−1 samples of
     the epoch are skipped, different ones each epoch) and every global batch is split
-    rank-strided. Returns the epoch means ``train_loss`` (cross-entropy), ``train_acc`` and
+    rank-strided; with ``drop_last`` a short last batch is skipped. Returns the epoch means ``train_loss`` (cross-entropy), ``train_acc`` and
     ``reg_loss`` (the added regulariser terms, per step), and ``train_samples`` (images seen this
     epoch), all reduced over ranks.
     """
@@ -328,6 +328,8 @@ def train_epoch(net: nn.Module, x: torch.Tensor, y: torch.Tensor, perm: torch.Te
         perm = perm[: len(perm) - len(perm) % env.world_size]
     perm = perm.to(device)
     batches = list(torch.split(perm, config.batch_size))
+    if config.drop_last and len(batches) > 1 and len(batches[-1]) < config.batch_size:
+        batches.pop()
     freezer = getattr(stopper, "freezer", None)
     autocast = lambda: autocast_context(config, device)  # noqa: E731
     fmt = _memory_format(config)
