@@ -231,3 +231,55 @@ def test_chunked_gram_equals_one_shot(monkeypatch):
     whole = feature_map_cosine(h, centered=True)
     monkeypatch.setattr(measure, "_CHUNK", 40)  # 2 samples per chunk
     assert torch.allclose(feature_map_cosine(h, centered=True), whole, rtol=1e-12, atol=1e-14)
+
+
+SYNC_WORKER = """
+import json, sys
+import torch, torch.distributed as dist
+from torch import nn
+from convsim.measure import FeatureMapSimilarity
+rank, port, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+torch.manual_seed(0)
+net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3))
+x = torch.randn(12, 1, 9, 9, generator=torch.Generator().manual_seed(1))
+shard = x[: 5] if rank == 0 else x[5:]  # unequal shards
+result = {}
+for sync in (True, False):
+    fms = FeatureMapSimilarity(net, centered=True, sync_on_compute=sync)
+    fms.update(shard)
+    result[str(sync)] = fms.compute()
+json.dump({"state": {k: v.tolist() for k, v in net.state_dict().items()}, **result}, open(out, "w"))
+dist.destroy_process_group()
+"""
+
+
+def test_compute_sums_the_states_of_all_ranks(tmp_path):
+    """Two gloo ranks on unequal shards: synced compute() equals one process on all the data."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    outs = [tmp_path / f"rank{r}.json" for r in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", SYNC_WORKER, str(r), str(port), str(outs[r])],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    for p in procs:
+        log = p.communicate(timeout=120)[0]
+        assert p.returncode == 0, log[-3000:]
+    got = [json.loads(o.read_text()) for o in outs]
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3))
+    net.load_state_dict({k: torch.tensor(v) for k, v in got[0]["state"].items()})
+    x = torch.randn(12, 1, 9, 9, generator=torch.Generator().manual_seed(1))
+    whole, first = (FeatureMapSimilarity(net, centered=True) for _ in range(2))
+    whole.update(x)
+    first.update(x[:5])
+    for r in range(2):
+        for layer, stats in whole.compute().items():
+            assert got[r]["True"][layer] == pytest.approx(stats, rel=1e-9, abs=1e-12)
+    for layer, stats in first.compute().items():  # unsynced: rank 0 sees its own shard only
+        assert got[0]["False"][layer] == pytest.approx(stats, rel=1e-9, abs=1e-12)
+        assert got[0]["False"][layer]["fm_abs_cos"] != pytest.approx(got[0]["True"][layer]["fm_abs_cos"])

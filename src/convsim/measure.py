@@ -27,12 +27,16 @@ Per layer, ``compute()`` returns Python floats:
   (:func:`~convsim.similarity.conv_similarity`, within groups).
 
 A layer with fewer than two channels has no pairs: its pair statistics are 0.
+
+Under ``torch.distributed`` the state of every rank is summed before ``compute()`` (torchmetrics'
+``sync_on_compute``): each rank updates on its own shard and all get the statistics of the union.
 """
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from .hooks import capture, resolve_modules
@@ -185,6 +189,10 @@ class FeatureMapSimilarity:
         activation: applied to each layer output before measuring (e.g. ``torch.relu`` for
             post-activation maps of conv → ReLU nets); default None: the conv output itself.
         threshold: |cos| level for ``fm_frac_above``.
+        sync_on_compute: when ``torch.distributed`` is initialised with more than one rank,
+            ``compute()`` first sums the states of all ranks (one all-reduce per layer), so every
+            rank must call it, and must have updated every layer; the local state is kept, so
+            updates may continue. False: each rank reports its own data.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
@@ -206,6 +214,7 @@ class FeatureMapSimilarity:
         centered: bool = False,
         activation: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         threshold: float = 0.5,
+        sync_on_compute: bool = True,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -227,6 +236,7 @@ class FeatureMapSimilarity:
         self.centered = bool(centered)
         self.activation = activation
         self.threshold = float(threshold)
+        self.sync_on_compute = bool(sync_on_compute)
         self.reset()
 
     @property
@@ -271,6 +281,18 @@ class FeatureMapSimilarity:
         for name, module in self._modules.items():
             if name not in self._gram:
                 raise RuntimeError(f"layer {name!r} was never called during update()")
-            moment = _second_moment(self._gram[name], self._sums[name], self._count[name], self.centered)
+            gram, sums, count = self._synced(name)
+            moment = _second_moment(gram, sums, count, self.centered)
             out[name] = _layer_summary(moment, module.weight, module.groups, self.threshold)
         return out
+
+    def _synced(self, name: str) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """This layer's (Gram, sums, count), summed over ranks when syncing applies."""
+        gram, sums, count = self._gram[name], self._sums[name], self._count[name]
+        if not (self.sync_on_compute and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size() > 1):
+            return gram, sums, count
+        m = sums.numel()
+        flat = torch.cat([gram.flatten(), sums.flatten(), gram.new_tensor([float(count)])])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)  # float64: counts stay exact below 2**53
+        return flat[: m * m].view_as(gram), flat[m * m: m * m + m].view_as(sums), int(flat[-1].item())
