@@ -353,3 +353,37 @@ def test_include_limits_the_report_to_named_runs(tmp_path):
     res = report.write_report(tmp_path, overlap={"skip": True}, include=["cnn1-baseline-s0", "cnn1-baseline-s1"])
     assert [g["group"] for g in res["groups"]] == ["cnn1-baseline"]
     assert "resnet18-baseline-s0" in res["ignored"]
+
+
+class _CurveRun:
+    """The two methods figures.curve reads, over fixed per-epoch values."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def curve(self, key):
+        return dict(enumerate(self.values))
+
+    def init_curve(self):
+        return dict(enumerate(self.values))
+
+
+def test_log_curve_is_geometric_mean_with_a_log_scale_interval():
+    """Three seeds at one point: exp(mean log), exp(mean log -/+ t s/sqrt n); always positive."""
+    from convsim.figures import curve
+
+    vals = [1e-4, 1e-1, 2.0]  # an arithmetic CI would reach far below zero
+    _, m, lo, hi = curve([_CurveRun([v]) for v in vals], "cs", log=True)
+    logs = np.log(vals)
+    h = stats.t.ppf(0.975, 2) * logs.std(ddof=1) / math.sqrt(3)
+    assert m[0] == pytest.approx(math.exp(logs.mean()))
+    assert (lo[0], hi[0]) == pytest.approx((math.exp(logs.mean() - h), math.exp(logs.mean() + h)))
+    _, m_lin, lo_lin, _ = curve([_CurveRun([v]) for v in vals], "cs")
+    assert m_lin[0] == pytest.approx(np.mean(vals)) and lo_lin[0] < 0 < lo[0]
+
+
+def test_log_curve_leaves_non_positive_points_out():
+    from convsim.figures import curve
+
+    _, m, lo, hi = curve([_CurveRun([1.0, 0.0]), _CurveRun([2.0, 1.0])], "cs", log=True)
+    assert m[0] == pytest.approx(math.sqrt(2)) and all(math.isnan(v) for v in (m[1], lo[1], hi[1]))

@@ -36,17 +36,28 @@ FIGURES = {
 }
 
 
-def curve(runs: Sequence[Run], key: str, init: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def curve(runs: Sequence[Run], key: str, init: bool = False,
+          log: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x, mean, low, high) over seeds at every epoch (or init step) logged by any run;
-    low/high are NaN where fewer than two runs have the point."""
+    low/high are NaN where fewer than two runs have the point.
+
+    ``log=True`` (for log-scale plots of positive values) summarises the logarithms: the geometric
+    mean and the exponentiated Student-t interval of the logs, a band that stays positive and is
+    symmetric on the plotted scale. Points where some value is not positive are NaN.
+    """
     per = [r.init_curve() if init else r.curve(key) for r in runs]
     xs = sorted(set().union(*per)) if per else []
     mean, lo, hi = [], [], []
     for x in xs:
-        e = mean_ci([p[x] for p in per if x in p])
-        mean.append(e.mean)
-        lo.append(e.low if e.low is not None else math.nan)
-        hi.append(e.high if e.high is not None else math.nan)
+        vals = [p[x] for p in per if x in p]
+        if log and min(vals) <= 0:
+            mean.append(math.nan), lo.append(math.nan), hi.append(math.nan)
+            continue
+        e = mean_ci(np.log(vals) if log else vals)
+        back = math.exp if log else float
+        mean.append(back(e.mean))
+        lo.append(back(e.low) if e.low is not None else math.nan)
+        hi.append(back(e.high) if e.high is not None else math.nan)
     return np.asarray(xs, float), np.asarray(mean), np.asarray(lo), np.asarray(hi)
 
 
@@ -68,14 +79,11 @@ def _empty(ax, text: str) -> None:
     ax.set_yticks([])
 
 
-def _band(ax, x, m, lo, hi, label, color, log=False):
-    if log:
-        m = np.where(m > 0, m, np.nan)
+def _band(ax, x, m, lo, hi, label, color):
     ax.plot(x, m, label=label, color=color, lw=1.6, marker="o" if len(x) < 12 else None, ms=3)
     ok = ~np.isnan(lo)
     if ok.any():
-        low = np.where(lo > 0, lo, m * 0.5) if log else lo
-        ax.fill_between(x[ok], low[ok], hi[ok], color=color, alpha=0.12, lw=0)
+        ax.fill_between(x[ok], lo[ok], hi[ok], color=color, alpha=0.12, lw=0)
 
 
 def _color(g: Group) -> str | None:
@@ -99,13 +107,13 @@ def fig_cs_loss(groups: Mapping[str, Group], path: Path) -> Path:
     drew0 = drew1 = False
     for g in sel:
         color = _color(g)
-        x, m, lo, hi = curve(g.runs, "cs", init=True)
+        x, m, lo, hi = curve(g.runs, "cs", init=True, log=True)
         if len(x):
-            _band(a0, x, m, lo, hi, method_label(g), color, log=True)
+            _band(a0, x, m, lo, hi, method_label(g), color)
             drew0 = True
-        x, m, lo, hi = curve(g.runs, "cs")
+        x, m, lo, hi = curve(g.runs, "cs", log=True)
         if len(x):
-            _band(a1, x, m, lo, hi, method_label(g), color, log=True)
+            _band(a1, x, m, lo, hi, method_label(g), color)
             drew1 = True
     a1.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax, drew, title, xl in ((a0, drew0, "initialisation phase", "CS step"), (a1, drew1, "training", "epoch")):
@@ -130,9 +138,9 @@ def fig_curves(groups: Mapping[str, Group], path: Path, key: str, ylabel: str, l
         for g in by_model.get(model, []):
             if g.method not in ("baseline",) + CS_METHODS:
                 continue  # the penalty baselines are in the tables; the paper's figures compare CS modes
-            x, m, lo, hi = curve(g.runs, key)
+            x, m, lo, hi = curve(g.runs, key, log=log)
             if len(x):
-                _band(ax, x, m * scale, lo * scale, hi * scale, method_label(g), _color(g), log=log)
+                _band(ax, x, m * scale, lo * scale, hi * scale, method_label(g), _color(g))
                 drew = True
         if not drew:
             _empty(ax, f"no {model} runs in this suite")

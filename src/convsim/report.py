@@ -204,11 +204,13 @@ def write_report(out_dir: str | Path, *, suite: str | None = None, runs_dir: str
 
     md.append("## Figure 1: CS loss during training\n")
     md.append("CS loss (log scale) during the initialisation phase (left, per Adam step) and during training "
-              "(right, per epoch) for the baseline, CS initialisation and the CS regulariser; bands are 95% CIs "
-              "over seeds.\n")
+              "(right, per epoch) for the baseline, CS initialisation and the CS regulariser. Lines are "
+              "geometric means over seeds and bands 95% Student-t CIs of the log values, so they stay "
+              "positive on the log axis.\n")
     md.append(f"![CS loss]({rel(fig_paths['cs_loss'])})\n")
     md.append("## Figure 2: training loss\n")
-    md.append("Training classification loss per epoch on a log scale, per method, one panel per model.\n")
+    md.append("Training classification loss per epoch on a log scale (geometric means and log-scale 95% CIs, "
+              "as in figure 1), per method, one panel per model.\n")
     md.append(f"![training loss]({rel(fig_paths['train_loss'])})\n")
     md.append("## Figure 3: training accuracy\n")
     md.append(f"![training accuracy]({rel(fig_paths['train_acc'])})\n")
