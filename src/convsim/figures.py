@@ -51,7 +51,8 @@ def curve(runs: Sequence[Run], key: str, init: bool = False,
     for x in xs:
         vals = [p[x] for p in per if x in p]
         if log and min(vals) <= 0:
-            mean.append(math.nan), lo.append(math.nan), hi.append(math.nan)
+            for column in (mean, lo, hi):
+                column.append(math.nan)
             continue
         e = mean_ci(np.log(vals) if log else vals)
         back = math.exp if log else float
