@@ -38,7 +38,7 @@ from typing import Optional
 import torch
 
 from . import search
-from .solvers import SOLVERS, cpu_threads, matvec, solve, use_compiled
+from .solvers import SOLVERS, cpu_threads, matvec, solve, use_compiled, uses_compiled_solver
 
 __all__ = ["NNKResult", "nnk_neighbors", "KERNELS", "DUPLICATES"]
 
@@ -286,8 +286,7 @@ def nnk_core(
     opts = dict(solver_options or {})
     # The compiled solver splits the batch over its own workers in chunks handed out one at a
     # time, so it uses every thread torch may use; ``threads`` is for the small torch operations.
-    compiled = (solver == "exact" and opts.get("backend", "auto") != "torch" and dev.type == "cpu"
-                and dtype == torch.float64 and use_compiled())
+    compiled = solver == "exact" and uses_compiled_solver(dev, dtype, opts.get("backend", "auto"))
     opts.setdefault("threads", torch_threads if compiled else threads)
     # systems per batched solve: large enough to amortise the solver's per-iteration overhead,
     # small enough that the (k+1)^2 tableaux (about 24 MB) stay in a CPU's last-level cache

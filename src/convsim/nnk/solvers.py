@@ -42,7 +42,7 @@ from typing import Iterator, Optional
 import torch
 
 __all__ = ["SolveResult", "active_set", "projected_gradient", "solve", "objective", "numba_available",
-           "use_compiled", "compiled_kernels", "SOLVERS", "BACKENDS"]
+           "use_compiled", "uses_compiled_solver", "compiled_kernels", "SOLVERS", "BACKENDS"]
 
 SOLVERS = ("exact", "fast")
 BACKENDS = ("auto", "torch", "numba")
@@ -79,6 +79,19 @@ def use_compiled() -> bool:
         False
     """
     return _COMPILED_ON[-1] and numba_available()
+
+
+def uses_compiled_solver(device: torch.device, dtype: torch.dtype, backend: str = "auto") -> bool:
+    """Whether :func:`active_set` with this ``backend`` solves systems of ``dtype`` on ``device``
+    with the compiled solver: ``"numba"`` always, ``"auto"`` for float64 CPU tensors when
+    :func:`use_compiled`.
+
+    Example:
+        >>> uses_compiled_solver(torch.device("cpu"), torch.float32)
+        False
+    """
+    return backend == "numba" or (backend == "auto" and device.type == "cpu" and dtype == torch.float64
+                                  and use_compiled())
 
 
 @contextmanager
@@ -403,9 +416,7 @@ def active_set(
             raise ValueError(f"backend='numba' solves CPU tensors only, got device {A.device}")
         if not numba_available():
             raise ImportError("backend='numba' needs numba (pip install 'convsim[fast]')")
-    use_numba = backend == "numba" or (backend == "auto" and A.device.type == "cpu"
-                                       and A.dtype == torch.float64 and use_compiled())
-    if use_numba and B:
+    if uses_compiled_solver(A.device, A.dtype, backend) and B:
         return _active_set_numba(A, b, tol, pivot_tol, max_iter, kkt_tol, batch_size, threads)
     with cpu_threads(threads, A.device):
         outs = [_active_set_chunk(A[s:s + batch_size], b[s:s + batch_size], tol, pivot_tol, max_iter, kkt_tol)
