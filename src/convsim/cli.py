@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand -> (module, one-line help). Modules are imported only when their command runs,
@@ -48,5 +49,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if not argv else 2
 
 
+def entry() -> None:
+    """Process entry point of ``convsim`` and ``python -m convsim``: run :func:`main`, then exit.
+
+    Under torchrun (``WORLD_SIZE > 1``) the process ends with ``os._exit`` once stdout and
+    stderr are flushed, skipping interpreter shutdown. DistributedDataParallel keeps gloo's
+    worker threads alive past ``destroy_process_group``, and a worker still releasing a tensor
+    while the interpreter finalises aborts a run that succeeded (see
+    :func:`convsim.distributed.teardown`). Nothing is lost: every file convsim writes is closed
+    and renamed into place before :func:`main` returns.
+    """
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

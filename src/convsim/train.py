@@ -109,6 +109,8 @@ def train(config: TrainConfig) -> dict:
     Under ``torchrun`` (``WORLD_SIZE > 1``) each process calls this; the model is wrapped in
     DistributedDataParallel, each global batch is split rank-strided, metrics are summed over
     ranks and only rank 0 writes files. See the module docstring for the files and resume rules.
+    A script of your own launched by torchrun should end as :func:`convsim.cli.entry` does
+    (``os._exit`` after flushing), or gloo may abort it at interpreter shutdown.
 
     Raises:
         ConfigError: (a ``ValueError``) ``out`` already holds a run and ``resume`` is off; a
@@ -127,11 +129,14 @@ def train(config: TrainConfig) -> dict:
         device = torch.device("cuda", env.local_rank)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads or default_threads(env))
+    finished = False
     try:
-        return _train(config, device, env)
+        summary = _train(config, device, env)
+        finished = True
+        return summary
     finally:
         torch.set_num_threads(old_threads)
-        distributed.teardown(env)
+        distributed.teardown(env, drain=finished)
 
 
 def _train(config: TrainConfig, device: torch.device, env: DistEnv) -> dict:
