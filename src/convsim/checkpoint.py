@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -28,7 +28,6 @@ from .io import atomic_write, atomic_write_text
 from .layers import unwrap
 
 STATUSES = ("running", "complete", "stopped early", "interrupted", "failed")
-_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 
 
 def reset_run_files(out: Path) -> None:
@@ -82,10 +81,8 @@ def load_checkpoint(out: Path, config: TrainConfig) -> Optional[dict]:
                          f"or choose another out directory")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     # a field added after the run was stored counts as its default, which the run trained with
-    stored = {**_DEFAULTS, **ckpt["config"]}
-    given = asdict(config)
-    diff = {k: (stored.get(k), given[k]) for k in CONFIG_FIELDS
-            if k not in RESUMABLE_CHANGES and stored.get(k) != given[k]}
+    stored, given = asdict(config_from_dict(ckpt["config"])), asdict(config)
+    diff = {k: (stored[k], given[k]) for k in CONFIG_FIELDS if k not in RESUMABLE_CHANGES and stored[k] != given[k]}
     if diff:
         detail = "; ".join(f"{k}: stored {a!r}, given {b!r}" for k, (a, b) in sorted(diff.items()))
         raise ConfigError(f"cannot resume {out}: the config differs from the stored run ({detail}); only "

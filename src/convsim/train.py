@@ -324,9 +324,9 @@ def train_epoch(net: nn.Module, x: torch.Tensor, y: torch.Tensor, perm: torch.Te
 
     Under DDP the permutation is cut to a multiple of the world size (at most world−1 samples of
     the epoch are skipped, different ones each epoch) and every global batch is split
-    rank-strided; with ``drop_last`` a short last batch is skipped. Returns the epoch means ``train_loss`` (cross-entropy), ``train_acc`` and
-    ``reg_loss`` (the added regulariser terms, per step), and ``train_samples`` (images seen this
-    epoch), all reduced over ranks.
+    rank-strided; with ``drop_last`` a short last batch is skipped. Returns the epoch means
+    ``train_loss`` (cross-entropy), ``train_acc`` and ``reg_loss`` (the added regulariser terms,
+    per step), and ``train_samples`` (images seen this epoch), all reduced over ranks.
     """
     net.train()
     if env.enabled:
