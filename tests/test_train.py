@@ -16,7 +16,8 @@ from convsim.distributed import DistEnv
 from convsim.io import read_jsonl
 
 METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc", "reg_loss", "train_samples", "test_loss", "test_acc", "cs", "kernel_cosine",
-               "fm_similarity", "fm_similarity_centered", "fm_effective_rank", "seconds"}
+               "fm_similarity", "fm_similarity_centered", "fm_effective_rank", "seconds", "cs_normalized",
+               "kernel_norm", "order_sha256"}
 SUMMARY_KEYS = {"status", "epochs_run", "delivered_epoch", "config", "seed", "versions", "git", "device",
                 "world_size", "threads", "wall_time", "initial", "final", "best_test_acc", "best_test_epoch",
                 "early_stop", "test_acc", "test_loss", "train_acc", "train_loss", "cs", "kernel_cosine",
@@ -77,7 +78,8 @@ def test_metrics_lines_have_documented_keys(finished):
     assert [r["epoch"] for r in records] == [1, 2, 3]
     for r in records:
         assert METRIC_KEYS <= r.keys()
-        assert all(math.isfinite(r[k]) for k in METRIC_KEYS)
+        assert all(math.isfinite(r[k]) for k in METRIC_KEYS - {"kernel_norm", "order_sha256"})
+        assert all(math.isfinite(v) for v in r["kernel_norm"].values())
 
 
 def test_summary_has_documented_keys(finished):
@@ -256,7 +258,7 @@ def test_cli_flags_round_trip_to_the_config():
                            train_subset=512, test_subset=100, epochs=3, batch_size=64, drop_last=True,
                            optimizer="adam", lr=0.1,
                            momentum=0.5, weight_decay=1e-4, schedule="cosine", beta=0.01, cs_pairs="adjacent",
-                           cs_channels="cross", cs_normalize=True, init_iters=7, init_lr=0.01,
+                           cs_channels="cross", cs_normalize=True, cs_mode="decoupled", init_iters=7, init_lr=0.01,
                            init_optimizer="train", penalty="srip", penalty_weight=0.5, early_stop="validation",
                            patience=3, es_k=10, es_samples=300, val_fraction=0.1, es_restore=False, seed=5,
                            device="cpu", out="x/y", resume=True, channels_last=True, bf16=True, threads=1,

@@ -26,6 +26,7 @@ OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("none", "cosine", "step")
 CS_PAIRS = ("all", "adjacent")
 CS_CHANNELS = ("per_channel", "summed", "cross")
+CS_MODES = ("loss", "decoupled")
 INIT_OPTIMIZERS = ("adam", "train")
 PENALTY_CHOICES = ("none", "so", "dso", "mc", "srip", "ocnn", "decov")
 EARLY_STOPS = ("none", "cwnnk", "validation")
@@ -87,6 +88,8 @@ class TrainConfig:
     cs_pairs: str = _opt("all", "filter pairs of the CS loss (adjacent = the authors' released code)", CS_PAIRS)
     cs_channels: str = _opt("per_channel", "channel treatment of the CS loss", CS_CHANNELS)
     cs_normalize: bool = _opt(False, "unit-norm each filter inside the CS loss (scale invariant)")
+    cs_mode: str = _opt("loss", "loss: add beta*CS to the loss; decoupled: a separate CS gradient step after "
+                        "each optimizer step, outside momentum (like AdamW's weight decay)", CS_MODES)
     init_iters: int = _opt(0, "CS-initialisation steps before training, 0 = off")
     init_lr: float = _opt(2e-3, "learning rate of the CS-initialisation steps")
     init_optimizer: str = _opt("adam", "init steps: a fresh Adam thrown away after (paper), or the "

@@ -65,7 +65,10 @@ def measure(model: nn.Module, x: torch.Tensor) -> dict:
     * ``kernel_cosine``: mean :math:`|\\cos|` between flattened filters, averaged over layers;
     * ``fm_similarity`` / ``fm_similarity_centered``: mean :math:`|\\cos|` between the feature
       maps of distinct channels on ``x``, uncentred / centred, averaged over layers;
-    * ``fm_effective_rank``: mean effective rank of the layers' feature maps (uncentred).
+    * ``fm_effective_rank``: mean effective rank of the layers' feature maps (uncentred);
+    * ``cs_normalized``: the scale-invariant CS (unit-norm filters), summed over conv layers;
+    * ``kernel_norm``: ``{layer: mean L2 norm of its filters}``. CS is quartic in the weights, so
+      beside ``cs_normalized`` this tells shrinking kernels from decorrelating ones.
 
     Values come from :class:`convsim.measure.FeatureMapSimilarity` (layers averaged by
     :func:`convsim.measure.summarize`) and :class:`convsim.similarity.ConvSimilarity`. ``x`` is
@@ -74,14 +77,18 @@ def measure(model: nn.Module, x: torch.Tensor) -> dict:
     Example:
         >>> from convsim.models import build
         >>> sorted(measure(build("cnn1", input_size=20), torch.randn(4, 1, 20, 20)))
-        ['cs', 'fm_effective_rank', 'fm_similarity', 'fm_similarity_centered', 'kernel_cosine']
+        ['cs', 'cs_normalized', 'fm_effective_rank', 'fm_similarity', 'fm_similarity_centered', 'kernel_cosine', 'kernel_norm']
     """
     from .measure import FeatureMapSimilarity, summarize
     from .similarity import ConvSimilarity
 
     was_training = model.training
     model.eval()
-    result = {"cs": float(ConvSimilarity(model, beta=1.0, pairs="all", channels="per_channel")())}
+    cs = ConvSimilarity(model, beta=1.0, pairs="all", channels="per_channel")
+    result: dict = {"cs": float(cs()), "cs_normalized": float(ConvSimilarity(model, normalize=True)())}
+    modules = dict(model.named_modules())
+    result["kernel_norm"] = {name: float(modules[name].weight.detach().flatten(1).norm(dim=1).mean())
+                             for name in cs.layers}
     for centered in (False, True):
         metric = FeatureMapSimilarity(model, centered=centered, sync_on_compute=False)  # rank 0 alone measures
         metric.update(x)

@@ -23,14 +23,14 @@ from .intervals import Estimate, mean_ci
 from .io import read_jsonl
 
 NUM_CLASSES = 10  # every dataset of convsim.data has 10 classes
-CS_METHODS = ("cs-init", "cs-reg", "cs-init+reg")
+CS_METHODS = ("cs-init", "cs-reg", "cs-init+reg", "cs-decoupled")
 ORTHO_METHODS = ("so", "dso", "mc", "srip", "ocnn")  # kernel-orthogonality penalties (not DeCov)
-METHOD_ORDER = ("baseline", "cs-init", "cs-reg", "cs-init+reg", "so", "dso", "mc", "srip", "ocnn", "decov")
+METHOD_ORDER = ("baseline", "cs-init", "cs-reg", "cs-init+reg", "cs-decoupled", "so", "dso", "mc", "srip", "ocnn", "decov")
 # Config fields that must agree for two groups to be compared (everything but the method).
 CONTEXT_FIELDS = ("model", "width", "dataset", "train_subset", "test_subset", "epochs", "batch_size",
                   "optimizer", "lr", "momentum", "weight_decay", "schedule", "early_stop")
 # Fields that set the CS method itself.
-CS_FIELDS = ("beta", "init_iters", "init_lr", "init_optimizer", "cs_pairs", "cs_channels", "cs_normalize")
+CS_FIELDS = ("beta", "init_iters", "init_lr", "init_optimizer", "cs_pairs", "cs_channels", "cs_normalize", "cs_mode")
 # Fields that never describe an experiment (where and how a run was executed).
 RUN_FIELDS = {"seed", "out", "resume", "device", "data_dir", "threads", "channels_last", "bf16", "download",
               "verbose", "eval_batch"}
@@ -44,6 +44,8 @@ def infer_method(config: Mapping[str, Any]) -> str:
         return str(pen)
     init = int(config.get("init_iters") or 0) > 0
     reg = float(config.get("beta") or 0) > 0
+    if reg and not init and config.get("cs_mode") == "decoupled":
+        return "cs-decoupled"
     return {(True, True): "cs-init+reg", (True, False): "cs-init", (False, True): "cs-reg"}.get((init, reg), "baseline")
 
 

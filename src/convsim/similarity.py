@@ -397,6 +397,41 @@ class ConvSimilarity(nn.Module):
     def forward(self) -> torch.Tensor:
         return self.beta * torch.stack(list(self.per_layer().values())).sum()
 
+    @torch.no_grad()
+    def step(self, lr: float) -> torch.Tensor:
+        r"""Decoupled CS: one step :math:`w \leftarrow w - \mathrm{lr}\,\nabla_w(\beta\,L_{CS}(w))`, in place.
+
+        Applied to every selected conv weight that requires grad, outside any optimizer, the way
+        AdamW decouples weight decay from Adam: call it after ``optimizer.step()`` with the current
+        learning rate, and the CS gradient never enters the momentum buffers or moment estimates.
+        ``.grad`` and every optimizer state are left untouched (the gradient is taken with
+        ``torch.autograd.grad`` on detached copies). Under DistributedDataParallel no reduction is
+        needed: after the optimizer step the weights are identical on every rank and the CS depends
+        on the weights alone, so every rank takes the identical step.
+
+        Returns :math:`\beta\,L_{CS}` before the step, detached.
+
+        Example:
+            >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
+            >>> reg = ConvSimilarity(net, beta=0.1)
+            >>> before = reg.step(lr=0.5)
+            >>> bool(reg().detach() < before), net[0].weight.grad is None
+            (True, True)
+        """
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr >= 0:
+            raise ValueError(f"lr must be a number >= 0, got {lr!r}")
+        selected = [(name, m) for name, m in self._selected if m.weight.requires_grad]
+        if not selected:
+            return self().detach()
+        leaves = [m.weight.detach().requires_grad_(True) for _, m in selected]
+        with torch.enable_grad():
+            values = [conv_similarity(w, groups=m.groups, **self.options) for w, (_, m) in zip(leaves, selected)]
+            value = self.beta * torch.stack(values).sum()
+            grads = torch.autograd.grad(value, leaves)
+        for (_, m), g in zip(selected, grads):
+            m.weight.sub_(g, alpha=float(lr))
+        return value.detach()
+
     def extra_repr(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return f"beta={self.beta}, {opts}, layers={len(self._selected)}"

@@ -7,6 +7,7 @@ the file follows the checkpoint.
 from __future__ import annotations
 
 import functools
+import hashlib
 import platform
 import subprocess
 from dataclasses import asdict
@@ -74,6 +75,37 @@ def make_summary(config: TrainConfig, status: str, history: list[dict], initial:
     }
     summary.update({k: delivered.get(k) for k in FINAL_KEYS})
     return summary
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    """SHA-256 of a tensor's bytes in standard layout (any dtype, any device).
+
+    Logged per epoch for the shuffling order, so two runs can be shown to have seen the same batches.
+
+    Example:
+        >>> tensor_digest(torch.arange(3)) == tensor_digest(torch.arange(3)), len(tensor_digest(torch.zeros(1)))
+        (True, 64)
+    """
+    return hashlib.sha256(_bytes(t)).hexdigest()
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """SHA-256 over a model's state dict (names and bytes, in order): shows two runs started alike.
+
+    Example:
+        >>> a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+        >>> state_digest(a) == state_digest(a), state_digest(a) == state_digest(b)
+        (True, False)
+    """
+    h = hashlib.sha256()
+    for name, value in model.state_dict().items():
+        h.update(name.encode())
+        h.update(_bytes(value))
+    return h.hexdigest()
+
+
+def _bytes(t: torch.Tensor) -> bytes:
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 def versions() -> dict:

@@ -79,7 +79,7 @@ from .early_stopping import (ChannelEarlyStopping, ChannelFreezer, EarlyStopping
 from .evaluation import autocast_context, evaluate, measure
 from .io import append_jsonl, atomic_write_json
 from .optim import cs_initialization, cs_options, lr_factor, make_optimizer, set_learning_rate
-from .summary import FINAL_KEYS, make_summary
+from .summary import FINAL_KEYS, make_summary, state_digest, tensor_digest
 from .train_data import load_data, stratified_split
 
 # The trainer's public API, re-exported from the modules it is split into (``convsim.train.X`` keeps working).
@@ -160,12 +160,18 @@ def _train(config: TrainConfig, device: torch.device, env: DistEnv) -> dict:
 
     # 3. Model, optimizer, regularisers.
     model = build_model(config).to(device=device, memory_format=fmt)
+    init_digest = state_digest(model)  # before any CS initialisation: pairs runs by seed
     optimizer = make_optimizer(config, model)
     regularisers: list[nn.Module] = []
+    decoupled = None  # cs_mode="decoupled": CS steps outside the optimizer
     if config.beta > 0:
         from .similarity import ConvSimilarity
 
-        regularisers.append(ConvSimilarity(model, beta=config.beta, **cs_options(config)))
+        cs = ConvSimilarity(model, beta=config.beta, **cs_options(config))
+        if config.cs_mode == "decoupled":
+            decoupled = cs
+        else:
+            regularisers.append(cs)
     if config.penalty != "none":
         from .penalties import Penalty
 
@@ -180,6 +186,7 @@ def _train(config: TrainConfig, device: torch.device, env: DistEnv) -> dict:
         history: list[dict] = []
         initial = measure(model, d["fm_x"]) if env.is_main else {}
         initial["init_cs"] = init_cs
+        initial["weights_sha256"] = init_digest
         wall_before, start_epoch = 0.0, 0
         if env.is_main:
             save_checkpoint(out, config, model, optimizer, shuffle_gen, stopper, history, initial,
@@ -211,8 +218,9 @@ def _train(config: TrainConfig, device: torch.device, env: DistEnv) -> dict:
             lr = set_learning_rate(optimizer, config, epoch)
             perm = torch.randperm(d["train_y"].shape[0], generator=shuffle_gen)
             train_stats = train_epoch(net, d["train_x"], d["train_y"], perm, config, optimizer, regularisers,
-                                      stopper, env, device, desc=f"epoch {epoch}/{config.epochs}")
-            record = {"epoch": epoch, "lr": lr, **train_stats}
+                                      stopper, env, device, desc=f"epoch {epoch}/{config.epochs}",
+                                      decoupled=decoupled)
+            record = {"epoch": epoch, "lr": lr, **train_stats, "order_sha256": tensor_digest(perm)}
             record.update(evaluate(model, d["test_x"], d["test_y"], config, env, prefix="test"))
             if env.is_main:
                 record.update(measure(model, d["fm_x"]))
@@ -290,12 +298,16 @@ def build_model(config: TrainConfig) -> nn.Module:
 
 def train_step(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, optimizer: torch.optim.Optimizer,
                regularisers: Sequence[nn.Module], freezer: Optional[ChannelFreezer],
-               autocast: Callable[[], contextlib.AbstractContextManager]) -> torch.Tensor:
+               autocast: Callable[[], contextlib.AbstractContextManager],
+               decoupled: Optional[nn.Module] = None) -> torch.Tensor:
     """One optimizer step on one (local) batch.
 
     Loss: mean cross-entropy + the sum of the regularisers' values (each already weighted).
+    With ``decoupled`` (a :class:`convsim.similarity.ConvSimilarity`), its
+    :meth:`~convsim.similarity.ConvSimilarity.step` follows the optimizer step at the optimizer's
+    current lr, and its value counts as regulariser value.
     Frozen channels (channel-wise early stopping) get zero gradient before the step and their
-    exact values back after it, so momentum and weight decay cannot move them.
+    exact values back after it, so momentum, weight decay and decoupled CS cannot move them.
 
     Returns a detached float64 vector ``[sum of CE over the batch, number correct, batch size,
     regulariser value]``.
@@ -309,6 +321,8 @@ def train_step(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, optimizer: to
     if freezer is not None:
         freezer.zero_frozen_grads()
     optimizer.step()
+    if decoupled is not None:
+        reg = reg + decoupled.step(lr=optimizer.param_groups[0]["lr"])
     if freezer is not None:
         freezer.restore_frozen()
     n = yb.shape[0]
@@ -319,7 +333,7 @@ def train_step(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, optimizer: to
 
 def train_epoch(net: nn.Module, x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, config: TrainConfig,
                 optimizer: torch.optim.Optimizer, regularisers: Sequence[nn.Module], stopper, env: DistEnv,
-                device: torch.device, desc: str = "") -> dict:
+                device: torch.device, desc: str = "", decoupled: Optional[nn.Module] = None) -> dict:
     """One pass over the shuffled training set in global batches of ``batch_size``.
 
     Under DDP the permutation is cut to a multiple of the world size (at most world−1 samples of
@@ -344,7 +358,7 @@ def train_epoch(net: nn.Module, x: torch.Tensor, y: torch.Tensor, perm: torch.Te
     for step, idx in enumerate(bar):
         idx = distributed.shard(idx, env)
         xb = x[idx].contiguous(memory_format=fmt)
-        sums += train_step(net, xb, y[idx], optimizer, regularisers, freezer, autocast)
+        sums += train_step(net, xb, y[idx], optimizer, regularisers, freezer, autocast, decoupled)
         if show and step % 20 == 0:
             bar.set_postfix(loss=f"{float(sums[0] / sums[2]):.4f}")
     steps = torch.tensor([len(batches)], dtype=torch.float64, device=device)
