@@ -44,7 +44,7 @@ import scipy.linalg  # noqa: E402
 import scipy.optimize  # noqa: E402
 import torch  # noqa: E402
 
-from convsim.io import atomic_write_text  # noqa: E402
+from convsim._internal.files import atomic_write_text  # noqa: E402
 from convsim.nnk import channel_overlap, compiled_kernels, nnk_neighbors, search  # noqa: E402
 from convsim.nnk.solvers import cpu_threads, use_compiled  # noqa: E402
 

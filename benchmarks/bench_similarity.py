@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from convsim.io import atomic_write_text
+from convsim._internal.files import atomic_write_text
 from convsim.similarity import ConvSimilarity, conv_similarity
 
 RESULTS = Path(__file__).parent / "results" / "similarity.md"

@@ -4,7 +4,7 @@ share of a training step.
     python benchmarks/bench_training.py                 # writes benchmarks/results/training.md
     python benchmarks/bench_training.py --quick         # fewer steps, for a smoke check
 
-Every measured step is the trainer's own :func:`convsim.train.train_step` (forward, cross-entropy,
+Every measured step is the trainer's own :func:`convsim.training.loop.train_step` (forward, cross-entropy,
 regulariser, backward, SGD-momentum step) on a batch indexed from an in-memory tensor, exactly as
 ``convsim train`` runs it. Inputs are N(0, 1) tensors of Fashion-MNIST shape (1×28×28); the
 throughput does not depend on the pixel values.
@@ -29,10 +29,10 @@ import torch
 from torch import nn
 
 from convsim import models
-from convsim.io import atomic_write_text
+from convsim._internal.files import atomic_write_text
 from convsim.penalties import Penalty
 from convsim.similarity import ConvSimilarity
-from convsim.train import physical_cores, train_step
+from convsim.training.loop import physical_cores, train_step
 
 MODELS = [("cnn1", 1.0), ("cnn2", 1.0), ("resnet18", 0.25)]
 FORMATS = [("fp32, NCHW", False, False), ("fp32, channels_last", True, False),

@@ -12,9 +12,9 @@ import sys
 import pytest
 import torch
 
-from convsim import train as T
-from convsim.distributed import DistEnv, shard
-from convsim.io import read_jsonl
+from convsim.training import loop as T
+from convsim.training.distributed import DistEnv, shard
+from convsim._internal.files import read_jsonl
 
 CONFIG = dict(model="cnn1", dataset="synthetic", train_subset=256, test_subset=128, batch_size=32, fm_batch=64,
               epochs=2, optimizer="adam", lr=3e-3, device="cpu", threads=1, verbose=False)

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from convsim import train as T
-from convsim.experiments import SUITES, method_overrides, CNN1_HP
+from convsim.training import loop as T
+from convsim.reporting.suites import SUITES, method_overrides, CNN1_HP
 from convsim.similarity import ConvSimilarity
-from convsim.io import read_jsonl
+from convsim._internal.files import read_jsonl
 
 from test_train import assert_same_state, checkpoint_model, make_config, without_seconds
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from convsim import experiments as ex
-from convsim import report
-from convsim.io import append_jsonl, atomic_write_json
+from convsim.reporting import suites as ex
+from convsim.reporting import report
+from convsim._internal.files import append_jsonl, atomic_write_json
 
 REPORT_STUDIES = {"main", "width", "iters", "resnet", "momentum", "early_stop"}
 
@@ -19,7 +19,7 @@ REPORT_STUDIES = {"main", "width", "iters", "resnet", "momentum", "early_stop"}
 
 @pytest.mark.parametrize("suite", sorted(ex.SUITES))
 def test_suite_overrides_are_valid_train_configs(suite):
-    from convsim.train import TrainConfig
+    from convsim.training.loop import TrainConfig
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     for spec in ex.SUITES[suite]:
@@ -107,7 +107,7 @@ def test_validate_specs_rejects_unknown_fields():
 # ---------------------------------------------------------------- reproduce with a fake trainer
 
 def _fake_trainer(calls, fail=()):
-    """Writes a complete run directory like convsim.train does (or fails for names in ``fail``)."""
+    """Writes a complete run directory like convsim.training.loop does (or fails for names in ``fail``)."""
     def train_one(spec, run_dir, opts):
         calls.append(spec["name"])
         if spec["name"] in fail:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from convsim.hooks import capture
+from convsim._internal.hooks import capture
 from convsim.measure import (
     KEYS,
     FeatureMapSimilarity,

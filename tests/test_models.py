@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from convsim.layers import select_conv_layers
+from convsim._internal.layers import select_conv_layers
 from convsim.models import MODELS, build, count_parameters
 
 

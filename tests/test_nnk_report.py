@@ -10,8 +10,8 @@ import torch
 from scipy import stats
 
 from convsim.cli import main as cli_main
-from convsim.nnk.report import MEASURES, overlap_analysis, overlap_markdown
-from convsim.train import TrainConfig, build_model
+from convsim.reporting.overlap import MEASURES, overlap_analysis, overlap_markdown
+from convsim.training.loop import TrainConfig, build_model
 
 ACCS = (0.61, 0.72, 0.68)
 

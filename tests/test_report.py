@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from convsim import report
-from convsim.io import append_jsonl, atomic_write_json
-from convsim.report import Estimate, combine, contrast, mean_ci, verdict
+from convsim.reporting import report
+from convsim._internal.files import append_jsonl, atomic_write_json
+from convsim.reporting.report import Estimate, combine, contrast, mean_ci, verdict
 
 T_975_DOF2 = 4.302652729911275  # Student t 0.975 quantile, 2 degrees of freedom (table value)
 
@@ -21,7 +21,7 @@ T_975_DOF2 = 4.302652729911275  # Student t 0.975 quantile, 2 degrees of freedom
 
 def make_run(root, name, *, seed, studies=("main",), method=None, config=None, test_acc=0.8, epochs=3,
              train_loss=1.0, cs=10.0, kernel_cosine=0.3, fm=0.6, fmc=0.4, init_steps=0, complete=True):
-    """A run directory as convsim.train writes it (plus the spec.json of convsim reproduce)."""
+    """A run directory as convsim.training.loop writes it (plus the spec.json of convsim reproduce)."""
     cfg = {"model": "cnn1", "width": 1.0, "dataset": "synthetic", "epochs": epochs, "optimizer": "sgd",
            "lr": 0.01, "momentum": 0.0, "beta": 0.0, "init_iters": init_steps, "penalty": "none",
            "penalty_weight": 0.0, "early_stop": "none", "seed": seed}
@@ -325,18 +325,6 @@ def test_overlap_result_is_cached_between_reports(tmp_path):
     assert len(calls) == 1
 
 
-def test_missing_overlap_module_fails_loudly(tmp_path, monkeypatch):
-    _suite_like(tmp_path)
-    import convsim.nnk
-
-    # Make the import fail: both the module cache entry and the package attribute that
-    # `from .nnk import report` would otherwise pick up once the module has been imported.
-    monkeypatch.setitem(sys.modules, "convsim.nnk.report", None)
-    monkeypatch.delattr(convsim.nnk, "report", raising=False)
-    with pytest.raises(RuntimeError, match="convsim.nnk.report is missing"):
-        report.write_report(tmp_path)
-
-
 def test_iters_series_start_at_the_shared_baseline(tmp_path):
     make_group(tmp_path, "cnn1-baseline", {"test_acc": [0.80, 0.81]}, studies=("iters",))
     make_group(tmp_path, "cnn1-cs-init-I5", {"test_acc": [0.7, 0.7]}, studies=("iters",), init_steps=5)
@@ -370,7 +358,7 @@ class _CurveRun:
 
 def test_log_curve_is_geometric_mean_with_a_log_scale_interval():
     """Three seeds at one point: exp(mean log), exp(mean log -/+ t s/sqrt n); always positive."""
-    from convsim.figures import curve
+    from convsim.reporting.figures import curve
 
     vals = [1e-4, 1e-1, 2.0]  # an arithmetic CI would reach far below zero
     _, m, lo, hi = curve([_CurveRun([v]) for v in vals], "cs", log=True)
@@ -383,7 +371,7 @@ def test_log_curve_is_geometric_mean_with_a_log_scale_interval():
 
 
 def test_log_curve_leaves_non_positive_points_out():
-    from convsim.figures import curve
+    from convsim.reporting.figures import curve
 
     _, m, lo, hi = curve([_CurveRun([1.0, 0.0]), _CurveRun([2.0, 1.0])], "cs", log=True)
     assert m[0] == pytest.approx(math.sqrt(2)) and all(math.isnan(v) for v in (m[1], lo[1], hi[1]))

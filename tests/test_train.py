@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch import nn
 
-from convsim import train as T
-from convsim.distributed import DistEnv
-from convsim.io import read_jsonl
+from convsim.cli import train as train_cli
+from convsim.training import loop as T
+from convsim.training.distributed import DistEnv
+from convsim._internal.files import read_jsonl
 
 METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc", "reg_loss", "train_samples", "test_loss", "test_acc", "cs", "kernel_cosine",
                "fm_similarity", "fm_similarity_centered", "fm_effective_rank", "seconds", "cs_normalized",
@@ -306,7 +307,7 @@ def test_parser_rejects_unknown_choices(capsys):
 
 def test_run_reports_a_bad_value_and_returns_2(tmp_path, capsys):
     args = parser().parse_args(["--epochs", "0", "--out", str(tmp_path)])
-    assert T.run(args) == 2
+    assert train_cli.run(args) == 2
     assert "convsim train: error: epochs must be >= 1" in capsys.readouterr().err
 
 

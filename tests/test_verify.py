@@ -4,7 +4,8 @@ import json
 
 import torch
 
-from convsim import theory, verify
+from convsim import theory
+from convsim.cli import verify
 from convsim.cli import main
 
 

@@ -9,8 +9,8 @@ The main entry points:
 - :mod:`convsim.theory` — the feature-map/kernel identity, executable;
 - :mod:`convsim.nnk` — NNK neighbourhoods and channel-wise NNK overlap.
 """
-from .measure import FeatureMapSimilarity
-from .similarity import ConvSimilarity, conv_similarity, conv_similarity_matrix, cs_initialize
+from convsim.measure import FeatureMapSimilarity
+from convsim.similarity import ConvSimilarity, conv_similarity, conv_similarity_matrix, cs_initialize
 
 __version__ = "0.1.0"
 __all__ = [

@@ -1,3 +1,3 @@
-from .cli import entry
+from convsim.cli import entry
 
 entry()

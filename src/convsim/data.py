@@ -22,7 +22,7 @@ nowhere to be found raises :class:`DatasetNotFoundError` (a ``DatasetError`` and
 
 ``download=True`` fetches missing files from the original publishers, streams each to a
 temporary name beside its destination while hashing it, and renames it into place only when the
-checksum matches (see ``convsim.io.atomic_write``): a mismatch or a broken transfer leaves nothing
+checksum matches (see ``convsim._internal.files.atomic_write``): a mismatch or a broken transfer leaves nothing
 behind.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ from typing import BinaryIO, Optional, Sequence
 import numpy as np
 import torch
 
-from .io import atomic_write
+from convsim._internal.files import atomic_write
 
 __all__ = [
     "DATASETS",

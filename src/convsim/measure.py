@@ -39,9 +39,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .hooks import capture, resolve_modules
-from .layers import CONV_TYPES, select_conv_layers
-from .similarity import conv_similarity
+from convsim._internal.hooks import capture, resolve_modules
+from convsim._internal.layers import CONV_TYPES, select_conv_layers
+from convsim.similarity import conv_similarity
 
 _CHUNK = 1 << 22  # float64 elements converted at once in _gram_stats
 KEYS = ("fm_abs_cos", "fm_frac_above", "fm_effective_rank", "kernel_abs_cos", "cs")
@@ -184,7 +184,7 @@ class FeatureMapSimilarity:
     Args:
         model: the network (a DistributedDataParallel wrapper is looked through).
         layers: names of conv layers to measure; default: those
-            :func:`~convsim.layers.select_conv_layers` picks.
+            :func:`~convsim._internal.layers.select_conv_layers` picks.
         centered: correlation coefficients instead of cosines (per-channel mean removed).
         activation: applied to each layer output before measuring (e.g. ``torch.relu`` for
             post-activation maps of conv → ReLU nets); default None: the conv output itself.

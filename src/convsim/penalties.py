@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Predicate, select_conv_layers
+from convsim._internal.layers import Predicate, select_conv_layers
 
 PENALTIES = ("so", "dso", "mc", "srip", "ocnn", "decov")
 CHECKS = ("error", "warn", "off")
@@ -248,7 +248,7 @@ _WEIGHT_FUNCS = {
 class Penalty(nn.Module):
     r"""A baseline regulariser of a model: ``reg()`` returns ``weight`` × the sum over selected layers.
 
-    Layers are chosen by :func:`convsim.layers.select_conv_layers` (the same rule as
+    Layers are chosen by :func:`convsim._internal.layers.select_conv_layers` (the same rule as
     :class:`~convsim.similarity.ConvSimilarity`). Grouped convs are penalised per group (the
     layer's operator is block diagonal, so cross-group pairs act on disjoint inputs) and the group
     terms are summed. ``options`` go to the penalty function (e.g. ``iterations``/``generator`` for

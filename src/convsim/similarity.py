@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .layers import Predicate, select_conv_layers
+from convsim._internal.layers import Predicate, select_conv_layers
 
 PAIRS = ("all", "adjacent")
 CHANNELS = ("per_channel", "summed", "cross")

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .similarity import conv_similarity
+from convsim.similarity import conv_similarity
 
 PADDINGS = ("full", "circular", "same", "valid")
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}

@@ -10,10 +10,10 @@ On CPU, with the optional ``numba`` (``pip install 'convsim[fast]'``), candidate
 systems and the exact solver run as compiled kernels; :func:`compiled_kernels` (or
 ``CONVSIM_NUMBA=0``) switches them off.
 """
-from .channels import ChannelOverlap, channel_loo_error, channel_overlap, layer_overlap
-from .graph import nnk_graph
-from .neighbors import NNKResult, nnk_neighbors
-from .solvers import SolveResult, active_set, compiled_kernels, projected_gradient
+from convsim.nnk.channels import ChannelOverlap, channel_loo_error, channel_overlap, layer_overlap
+from convsim.nnk.graph import nnk_graph
+from convsim.nnk.neighbors import NNKResult, nnk_neighbors
+from convsim.nnk.solvers import SolveResult, active_set, compiled_kernels, projected_gradient
 
 __all__ = [
     "NNKResult",

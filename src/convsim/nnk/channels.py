@@ -33,9 +33,9 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from ..hooks import capture
-from ..layers import select_conv_layers
-from .neighbors import _check_options, nnk_core
+from convsim._internal.hooks import capture
+from convsim._internal.layers import select_conv_layers
+from convsim.nnk.neighbors import _check_options, nnk_core
 
 __all__ = ["ChannelOverlap", "channel_overlap", "channel_loo_error", "layer_overlap", "overlap_stats", "loo_error"]
 

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .neighbors import NNKResult, nnk_neighbors
+from convsim.nnk.neighbors import NNKResult, nnk_neighbors
 
 __all__ = ["nnk_graph", "graph_from_result"]
 

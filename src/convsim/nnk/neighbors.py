@@ -37,8 +37,8 @@ from typing import Optional
 
 import torch
 
-from . import search
-from .solvers import SOLVERS, cpu_threads, matvec, solve, use_compiled, uses_compiled_solver
+from convsim.nnk import search
+from convsim.nnk.solvers import SOLVERS, cpu_threads, matvec, solve, use_compiled, uses_compiled_solver
 
 __all__ = ["NNKResult", "nnk_neighbors", "KERNELS", "DUPLICATES"]
 
@@ -180,7 +180,7 @@ def _point_systems(kernel, U, V, Uq, Vq, idx, threads=None):
     # the query's own row: cosine needs u_q, the distance form needs v_q
     vq = Uq if V is None else Vq
     if U.device.type == "cpu" and U.dtype == torch.float64 and use_compiled():
-        from . import _numba
+        from convsim.nnk import _numba
 
         Un = U.reshape(Gc * n, f).numpy()
         m, M = _numba.kernel_systems(Un, Un if V is None else V.reshape(Gc * n, f).numpy(),

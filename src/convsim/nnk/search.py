@@ -19,7 +19,7 @@ from typing import Iterator, Optional
 
 import torch
 
-from .solvers import cpu_threads, use_compiled
+from convsim.nnk.solvers import cpu_threads, use_compiled
 
 __all__ = ["Block", "candidate_blocks", "faiss_available", "BACKENDS"]
 
@@ -90,7 +90,7 @@ def _compiled_select(score: torch.Tensor) -> bool:
 def _smallest_k(score, k, self_cols, threads):
     """The compiled k-smallest scan of :mod:`convsim.nnk._numba`; the query's own column is
     skipped, so this is exactly the k nearest other points (ties to the smaller index)."""
-    from . import _numba
+    from convsim.nnk import _numba
 
     Gc, q, n = score.shape
     S = score.detach().reshape(Gc * q, n).contiguous().numpy()

@@ -59,7 +59,7 @@ def numba_available() -> bool:
     """
     if not _NUMBA:
         try:
-            from . import _numba
+            from convsim.nnk import _numba
         except ImportError:  # numba missing, or too old/new for this numpy
             _numba = None
         _NUMBA.append(_numba)

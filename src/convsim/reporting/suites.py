@@ -1,6 +1,6 @@
 """Experiment suites as data, and ``convsim reproduce``.
 
-A suite is a list of :class:`RunSpec`: a run name, a method label, the :class:`convsim.train.TrainConfig`
+A suite is a list of :class:`RunSpec`: a run name, a method label, the :class:`convsim.training.loop.TrainConfig`
 fields it sets, a seed, and the *studies* (report sections) it feeds. Runs that differ only in
 their seed share a *group*; a run shared by several studies (the width-1 baseline is in the method
 comparison, the width sweep and the I sweep) is trained once. The grid is built by small helpers::
@@ -10,7 +10,7 @@ comparison, the width sweep and the I sweep) is trained once. The grid is built 
 ``convsim reproduce --suite quick --out DIR`` trains every run of the suite that is not complete
 into ``DIR/runs/<name>/`` (complete runs are skipped, interrupted ones resumed), then writes
 ``DIR/report.md``, ``DIR/figures/*.png``, ``DIR/results.json`` and ``DIR/summary.csv`` via
-:func:`convsim.report.write_report`. Re-running it only re-aggregates.
+:func:`convsim.reporting.report.write_report`. Re-running it only re-aggregates.
 
 Suites (what ``quick`` costs on a 2-core CPU is recorded in ``BENCHMARKS.md``):
 
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .io import atomic_write_json
+from convsim._internal.files import atomic_write_json
 
 CS_METHODS = ("cs-init", "cs-reg", "cs-init+reg", "cs-decoupled")
 PENALTY_METHODS = ("so", "ocnn", "srip", "decov")
@@ -335,7 +335,7 @@ SUITE_OPTIONS: dict[str, dict] = {
 # ----------------------------------------------------------------------------------------------
 
 def _train_module():
-    from . import train as train_mod  # imported late: `convsim reproduce --help` stays fast
+    from convsim.training import loop as train_mod  # imported late: `convsim reproduce --help` stays fast
 
     return train_mod
 
@@ -463,7 +463,7 @@ def reproduce(suite: str, out: str | os.PathLike, *, data_dir: str | None = None
     result = {"trained": sorted(n for n, (st, _, _) in done.items() if st == "complete"),
               "skipped": sorted(s.name for s in skipped), "failed": failed, "seconds": seconds, "report": None}
     if report:
-        from .report import write_report
+        from convsim.reporting.report import write_report
 
         t1 = time.perf_counter()
         pending = [s.name for s in SUITES[suite] if run_status(runs_dir / s.name) != "complete"]
@@ -474,32 +474,3 @@ def reproduce(suite: str, out: str | os.PathLike, *, data_dir: str | None = None
         log(f"report: {out / 'report.md'} ({time.perf_counter() - t1:.1f} s)")
     log(f"training: {seconds:.1f} s for {len(todo)} runs ({len(failed)} failed)")
     return result
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--suite", choices=sorted(SUITES), default="quick", help="which suite (default quick)")
-    parser.add_argument("--out", required=True, help="output folder: runs/, report.md, figures/, results.json")
-    parser.add_argument("--data-dir", default=None, help="folder searched first for dataset files")
-    parser.add_argument("--download", action="store_true", help="download missing dataset files (checksum-verified)")
-    parser.add_argument("--device", default=None, help="torch device for training (default: the trainer's)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs trained in parallel processes (default 1)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
-    parser.add_argument("--only", default=None, metavar="REGEX", help="train only runs whose name matches")
-    parser.add_argument("--list", action="store_true", help="list the suite's runs and their status, then exit")
-    parser.add_argument("--no-report", action="store_true", help="train only; do not write the report")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.list:
-        runs_dir = Path(args.out) / "runs"
-        pattern = re.compile(args.only) if args.only else None
-        for s in SUITES[args.suite]:
-            if pattern is None or pattern.search(s.name):
-                print(f"{s.name:48s} {run_status(runs_dir / s.name):12s} {','.join(s.studies)}")
-        return 0
-    res = reproduce(args.suite, args.out, data_dir=args.data_dir, device=args.device, jobs=args.jobs,
-                    only=args.only, threads=args.threads, download=args.download, report=not args.no_report)
-    if res["failed"]:
-        print(f"{len(res['failed'])} runs failed: {', '.join(sorted(res['failed']))}", file=sys.stderr)
-        return 1
-    return 0

@@ -17,8 +17,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .config import TrainConfig
-from .distributed import DistEnv
+from convsim.training.config import TrainConfig
+from convsim.training.distributed import DistEnv
 
 FINAL_KEYS = ("test_acc", "test_loss", "train_acc", "train_loss", "cs", "kernel_cosine", "fm_similarity",
               "fm_similarity_centered")
@@ -110,7 +110,7 @@ def _bytes(t: torch.Tensor) -> bytes:
 
 def versions() -> dict:
     """Versions of convsim, Python and the libraries a run depends on."""
-    from . import __version__
+    from convsim import __version__
 
     return {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
             "convsim": __version__}

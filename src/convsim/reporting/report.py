@@ -1,9 +1,9 @@
 """``report.md``, ``results.json``, ``summary.csv`` and figures for a folder of training runs.
 
-:func:`write_report` reads the run directories (:mod:`convsim.runs`), groups runs that differ only
+:func:`write_report` reads the run directories (:mod:`convsim.reporting.runs`), groups runs that differ only
 in their seed, and reports every number as a mean over seeds with a 95% Student-t confidence
-interval (:mod:`convsim.intervals`); it decides the paper's claims (:mod:`convsim.claims`), draws
-the figures (:mod:`convsim.figures`) and lays out the tables (:mod:`convsim.tables`). The names of
+interval (:mod:`convsim.reporting.intervals`); it decides the paper's claims (:mod:`convsim.reporting.claims`), draws
+the figures (:mod:`convsim.reporting.figures`) and lays out the tables (:mod:`convsim.reporting.tables`). The names of
 those modules stay importable from here.
 
 Example (synthetic run directories; see ``tests/test_report.py``)::
@@ -24,17 +24,17 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 
-from .claims import (FAILS, HOLDS, NOT_TESTED, OVERLAPS, TOO_FEW, claim_accuracy, claim_convergence,  # noqa: F401
+from convsim.reporting.claims import (FAILS, HOLDS, NOT_TESTED, OVERLAPS, TOO_FEW, claim_accuracy, claim_convergence,  # noqa: F401
                      claim_momentum, claim_orthogonality, claim_smaller, claims, combine, verdict)
-from .figures import (FIGURES, METHOD_COLORS, curve, fig_bars, fig_cs_loss, fig_curves, fig_xy,  # noqa: F401
+from convsim.reporting.figures import (FIGURES, METHOD_COLORS, curve, fig_bars, fig_cs_loss, fig_curves, fig_xy,  # noqa: F401
                       make_figures)
-from .intervals import CONFIDENCE, Estimate, contrast, mean_ci, safe_contrast  # noqa: F401
-from .io import atomic_write_json, atomic_write_text
-from .runs import (COMPLETE_STATUSES, CONTEXT_FIELDS, CS_FIELDS, CS_METHODS, METHOD_ORDER,  # noqa: F401
+from convsim.reporting.intervals import CONFIDENCE, Estimate, contrast, mean_ci, safe_contrast  # noqa: F401
+from convsim._internal.files import atomic_write_json, atomic_write_text
+from convsim.reporting.runs import (COMPLETE_STATUSES, CONTEXT_FIELDS, CS_FIELDS, CS_METHODS, METHOD_ORDER,  # noqa: F401
                    NUM_CLASSES, ORTHO_METHODS, RUN_FIELDS, Group, Run, accuracy_scale, collapsed, group_runs,
                    in_study, infer_method, iters_series, load_runs, percent_unit, read_json, read_run, width_sweep)
-from .summary import FINAL_KEYS as FINAL_METRICS  # the delivered weights' metrics, top level of summary.json
-from .tables import (claims_markdown, fmt_estimate, fmt_sci, markdown_table, settings_table,  # noqa: F401
+from convsim.training.summary import FINAL_KEYS as FINAL_METRICS  # the delivered weights' metrics, top level of summary.json
+from convsim.reporting.tables import (claims_markdown, fmt_estimate, fmt_sci, markdown_table, settings_table,  # noqa: F401
                      smaller_models, table_groups, table_kernel_fm)
 
 # Per configuration (results.json, summary.csv): FINAL_METRICS and the training loss after epoch 1.
@@ -81,7 +81,7 @@ def run_versions() -> dict:
     import matplotlib
     import scipy
 
-    from .summary import versions
+    from convsim.training.summary import versions
 
     return {**versions(), "scipy": scipy.__version__, "matplotlib": matplotlib.__version__,
             "platform": platform.platform()}
@@ -93,7 +93,7 @@ def run_versions() -> dict:
 
 def overlap_section(groups: Mapping[str, Group], out_dir: Path, options: Mapping[str, Any] | None,
                     analysis: Callable | None = None, markdown: Callable | None = None) -> tuple[dict | None, str]:
-    """Run ``convsim.nnk.report.overlap_analysis`` on the runs of ``options["study"]`` (default
+    """Run ``convsim.reporting.overlap.overlap_analysis`` on the runs of ``options["study"]`` (default
     "main"), cached in ``out_dir/overlap/cache.json`` keyed by the runs' summaries and the options."""
     options = dict(options or {})
     if options.get("skip"):
@@ -103,11 +103,8 @@ def overlap_section(groups: Mapping[str, Group], out_dir: Path, options: Mapping
     if len(runs) < 2:
         return None, f"_fewer than two complete runs in study `{study}`: no overlap analysis_\n"
     if analysis is None or markdown is None:
-        try:
-            from .nnk import report as nnk_report
-        except ImportError as exc:  # part of the deliverable: fail loudly
-            raise RuntimeError("convsim.nnk.report is missing; the overlap section needs "
-                               "overlap_analysis/overlap_markdown") from exc
+        from convsim.reporting import overlap as nnk_report  # imported on use: it loads the trainer
+
         analysis = analysis or nnk_report.overlap_analysis
         markdown = markdown or nnk_report.overlap_markdown
     odir = Path(out_dir) / "overlap"

@@ -10,10 +10,10 @@ import sys
 # subcommand -> (module, one-line help). Modules are imported only when their command runs,
 # so `convsim verify` does not pay for matplotlib or the trainer.
 COMMANDS = {
-    "verify": ("convsim.verify", "check the feature-map/kernel identity and the CS-vs-orthogonality toy"),
-    "train": ("convsim.train", "train one model (CS regulariser / initialisation / baselines)"),
-    "reproduce": ("convsim.experiments", "run a suite of trainings and write report.md with figures"),
-    "overlap": ("convsim.nnk.report", "channel-wise NNK overlap analysis of trained runs"),
+    "verify": ("convsim.cli.verify", "check the feature-map/kernel identity and the CS-vs-orthogonality toy"),
+    "train": ("convsim.cli.train", "train one model (CS regulariser / initialisation / baselines)"),
+    "reproduce": ("convsim.cli.reproduce", "run a suite of trainings and write report.md with figures"),
+    "overlap": ("convsim.cli.overlap", "channel-wise NNK overlap analysis of trained runs"),
 }
 
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from . import __version__
+        from convsim import __version__
 
         print(__version__)
         return 0
@@ -56,7 +56,7 @@ def entry() -> None:
     stderr are flushed, skipping interpreter shutdown. DistributedDataParallel keeps gloo's
     worker threads alive past ``destroy_process_group``, and a worker still releasing a tensor
     while the interpreter finalises aborts a run that succeeded (see
-    :func:`convsim.distributed.teardown`). Nothing is lost: every file convsim writes is closed
+    :func:`convsim.training.distributed.teardown`). Nothing is lost: every file convsim writes is closed
     and renamed into place before :func:`main` returns.
     """
     code = main()

@@ -1,6 +1,6 @@
 """Verdicts on the paper's claims (a)-(e), computed from groups of runs.
 
-Each claim is tested by one or more comparisons: a :func:`convsim.intervals.contrast` of group
+Each claim is tested by one or more comparisons: a :func:`convsim.reporting.intervals.contrast` of group
 means, oriented so that a positive value supports the claim. :func:`verdict` says "holds" when
 its interval lies above 0, "does not hold" when it lies below 0, "inconclusive (CI overlaps)"
 otherwise; :func:`combine` merges the comparisons of one claim.
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from .intervals import Estimate, safe_contrast
-from .runs import (CS_FIELDS, CS_METHODS, ORTHO_METHODS, Group, accuracy_scale, baseline_for, collapsed, in_study,
+from convsim.reporting.intervals import Estimate, safe_contrast
+from convsim.reporting.runs import (CS_FIELDS, CS_METHODS, ORTHO_METHODS, Group, accuracy_scale, baseline_for, collapsed, in_study,
                    method_label, width_sweep)
 
 HOLDS, FAILS, OVERLAPS = "holds", "does not hold", "inconclusive (CI overlaps)"

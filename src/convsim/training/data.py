@@ -1,14 +1,14 @@
 """The tensors of one training run: subsets, the validation / early-stopping splits, normalisation.
 
-:func:`load_data` turns a :class:`~convsim.config.TrainConfig` into a dict of tensors on the
+:func:`load_data` turns a :class:`~convsim.training.config.TrainConfig` into a dict of tensors on the
 run's device (datasets themselves come from :func:`convsim.data.load`).
 """
 from __future__ import annotations
 
 import torch
 
-from . import data as _data
-from .config import ConfigError, TrainConfig
+from convsim import data as _data
+from convsim.training.config import ConfigError, TrainConfig
 
 
 def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,10 +1,10 @@
 """Run directories and the groups of runs that differ only in their seed.
 
-A *run directory* (written by :func:`convsim.train.train`) holds ``metrics.jsonl`` (one line per
+A *run directory* (written by :func:`convsim.training.loop.train`) holds ``metrics.jsonl`` (one line per
 epoch), ``init.jsonl`` (CS per initialisation step), ``summary.json`` (config, status, versions)
 and, when ``convsim reproduce`` created it, ``spec.json`` (run name, group, method label, seed and
 the studies the run belongs to). Runs that differ only in their seed form a :class:`Group`; its
-:meth:`Group.estimate` is the mean over seeds with a 95% CI (:func:`convsim.intervals.mean_ci`).
+:meth:`Group.estimate` is the mean over seeds with a 95% CI (:func:`convsim.reporting.intervals.mean_ci`).
 
 Example::
 
@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .intervals import Estimate, mean_ci
-from .io import read_jsonl
+from convsim.reporting.intervals import Estimate, mean_ci
+from convsim._internal.files import read_jsonl
 
 NUM_CLASSES = 10  # every dataset of convsim.data has 10 classes
 CS_METHODS = ("cs-init", "cs-reg", "cs-init+reg", "cs-decoupled")

@@ -10,8 +10,8 @@ import time
 
 import torch
 
-from . import theory
-from .io import atomic_write_json
+from convsim import theory
+from convsim._internal.files import atomic_write_json
 
 TOLERANCE = 1e-8
 

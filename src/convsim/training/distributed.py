@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import DEVICES, ConfigError
+from convsim.training.config import DEVICES, ConfigError
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from .layers import unwrap
+from convsim._internal.layers import unwrap
 
 
 def resolve_modules(model: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:

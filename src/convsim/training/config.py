@@ -17,8 +17,8 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Optional, Sequence
 
-from . import data as _data
-from . import models as _models
+from convsim import data as _data
+from convsim import models as _models
 
 MODELS = _models.MODELS
 DATASETS = tuple(_data.DATASETS)
@@ -58,7 +58,7 @@ class TrainConfig:
     """Every hyperparameter of one training run (nanoGPT style: all visible, each commented).
 
     Invalid values raise ``ValueError`` on construction. ``asdict(config)`` is what
-    ``summary.json`` stores and :func:`convsim.train.load_run` reads back.
+    ``summary.json`` stores and :func:`convsim.training.loop.load_run` reads back.
 
     Example:
         >>> TrainConfig(model="cnn2", beta=0.01).beta

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import distributed
-from .config import TrainConfig
-from .distributed import DistEnv
+from convsim.training import distributed
+from convsim.training.config import TrainConfig
+from convsim.training.distributed import DistEnv
 
 
 def autocast_context(config: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
@@ -79,8 +79,8 @@ def measure(model: nn.Module, x: torch.Tensor) -> dict:
         >>> sorted(measure(build("cnn1", input_size=20), torch.randn(4, 1, 20, 20)))
         ['cs', 'cs_normalized', 'fm_effective_rank', 'fm_similarity', 'fm_similarity_centered', 'kernel_cosine', 'kernel_norm']
     """
-    from .measure import FeatureMapSimilarity, summarize
-    from .similarity import ConvSimilarity
+    from convsim.measure import FeatureMapSimilarity, summarize
+    from convsim.similarity import ConvSimilarity
 
     was_training = model.training
     model.eval()

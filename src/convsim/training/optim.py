@@ -15,9 +15,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .config import SCHEDULES, TrainConfig
-from .distributed import DistEnv
-from .io import atomic_write_text
+from convsim.training.config import SCHEDULES, TrainConfig
+from convsim.training.distributed import DistEnv
+from convsim._internal.files import atomic_write_text
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -87,7 +87,7 @@ def cs_initialization(config: TrainConfig, model: nn.Module, optimizer: torch.op
     """
     if config.init_iters == 0:
         return None
-    from .similarity import ConvSimilarity, cs_initialize
+    from convsim.similarity import ConvSimilarity, cs_initialize
 
     opts = cs_options(config)
     if config.init_optimizer == "train":

@@ -1,7 +1,7 @@
 r"""``convsim overlap``: channel-wise NNK analysis of trained runs, with figures and a report section.
 
 For every run directory (``convsim train``'s output: ``summary.json`` + ``checkpoint.pt``) the model
-is rebuilt with :func:`convsim.train.load_run`, ``n_samples`` images of its dataset (``split``,
+is rebuilt with :func:`convsim.training.loop.load_run`, ``n_samples`` images of its dataset (``split``,
 a seeded subset that is the same for every run of a dataset) are normalised and passed through
 it, and :func:`convsim.nnk.layer_overlap` analyses every conv layer. Per layer the summary keeps
 the mean NNK count per channel (:math:`\bar n^c`) and of the whole layer (:math:`\bar n`), the
@@ -27,11 +27,11 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from .. import data
-from ..io import atomic_write, atomic_write_json, atomic_write_text
-from .channels import ChannelOverlap, layer_overlap
-from .neighbors import KERNELS
-from .solvers import SOLVERS
+from convsim import data
+from convsim._internal.files import atomic_write, atomic_write_json, atomic_write_text
+from convsim.nnk.channels import ChannelOverlap, layer_overlap
+from convsim.nnk.neighbors import KERNELS
+from convsim.nnk.solvers import SOLVERS
 
 __all__ = ["overlap_analysis", "overlap_markdown", "add_arguments", "run", "MEASURES"]
 
@@ -169,7 +169,7 @@ def overlap_analysis(
         >>> result = overlap_analysis(["runs/a", "runs/b", "runs/c"], "runs/overlap")  # doctest: +SKIP
         >>> print(overlap_markdown(result))  # doctest: +SKIP
     """
-    from ..train import load_run  # the trainer is heavy; import on use
+    from convsim.training.loop import load_run  # the trainer is heavy; import on use
 
     run_dirs = [Path(p) for p in run_dirs]
     if not run_dirs:
@@ -194,7 +194,7 @@ def overlap_analysis(
         res = layer_overlap(model, x, layers=layers, n_samples=x.shape[0], batch_size=batch_size, labels=y, seed=seed,
                             k=k, kernel=kernel, solver=solver)
         with torch.no_grad():  # map sizes, from one sample
-            from ..hooks import capture
+            from convsim._internal.hooks import capture
 
             with capture(model, list(res)) as store:
                 model(x[:1])
@@ -392,35 +392,3 @@ def overlap_markdown(result: dict, figure_dir: Optional[str] = None) -> str:
             lines.append(f"![{captions.get(f, f)}]({prefix}{f})")
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
-
-
-# ------------------------------------------------------------------------------------------ CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of convsim train")
-    parser.add_argument("--out", required=True, help="output folder: overlap.json, overlap.md, figures")
-    parser.add_argument("--n-samples", type=int, default=2000, help="images per run (default 2000)")
-    parser.add_argument("-k", type=int, default=25, help="NNK candidates per point (default 25)")
-    parser.add_argument("--kernel", choices=KERNELS, default="cosine", help="kernel (default cosine)")
-    parser.add_argument("--solver", choices=SOLVERS, default="exact", help="NNK solver (default exact)")
-    parser.add_argument("--split", choices=("train", "test"), default="train", help="images from (default train)")
-    parser.add_argument("--layers", default=None, help="comma-separated module names (default: every conv layer)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the image subset")
-    parser.add_argument("--batch-size", type=int, default=256, help="forward batch size")
-    parser.add_argument("--data-dir", default=None, help="dataset folder (default: each run's)")
-    parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
-
-
-def run(args: argparse.Namespace) -> int:
-    layers = [s for s in args.layers.split(",") if s] if args.layers else None
-    result = overlap_analysis(args.run_dirs, args.out, n_samples=args.n_samples, k=args.k, kernel=args.kernel,
-                              solver=args.solver, split=args.split, layers=layers, seed=args.seed,
-                              batch_size=args.batch_size, data_dir=args.data_dir, figures=not args.no_figures)
-    atomic_write_text(Path(args.out) / "overlap.md", "# Channel-wise NNK overlap\n\n" + overlap_markdown(result, "."))
-    for r in result["runs"]:
-        L = r["last_layer"]
-        print(f"{r['name']}: last conv layer {L['name']}: M1 {L['jaccard_score']:.3f}  1-M2 {L['redundancy']:.3f}  "
-              f"M3 {L['aggregate_ratio']:.3f}  test acc {_fmt(r['test_acc'], 4)}")
-    print(f"wrote {Path(args.out) / 'overlap.json'} and {Path(args.out) / 'overlap.md'}")
-    return 0

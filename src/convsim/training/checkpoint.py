@@ -8,7 +8,7 @@ and the shuffling generator), ``early_stop`` (the stopper's state or None), ``hi
 epoch's metrics record), ``initial`` (measurements before epoch 1) and ``wall_time``.
 
 Resuming is :func:`load_checkpoint` (refuses a config that changed beyond
-:data:`convsim.config.RESUMABLE_CHANGES`), then :func:`restore_state` and
+:data:`convsim.training.config.RESUMABLE_CHANGES`), then :func:`restore_state` and
 :func:`rewrite_metrics`, so that ``metrics.jsonl`` never holds an epoch the checkpoint does not.
 """
 from __future__ import annotations
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import CONFIG_FIELDS, RESUMABLE_CHANGES, ConfigError, TrainConfig, config_from_dict
-from .io import atomic_write, atomic_write_text
-from .layers import unwrap
+from convsim.training.config import CONFIG_FIELDS, RESUMABLE_CHANGES, ConfigError, TrainConfig, config_from_dict
+from convsim._internal.files import atomic_write, atomic_write_text
+from convsim._internal.layers import unwrap
 
 STATUSES = ("running", "complete", "stopped early", "interrupted", "failed")
 

@@ -16,9 +16,9 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from .intervals import mean_ci
-from .io import atomic_write
-from .runs import (CS_METHODS, Group, Run, accuracy_scale, in_study, iters_series, method_label, percent_unit,
+from convsim.reporting.intervals import mean_ci
+from convsim._internal.files import atomic_write
+from convsim.reporting.runs import (CS_METHODS, Group, Run, accuracy_scale, in_study, iters_series, method_label, percent_unit,
                    width_sweep)
 
 METHOD_COLORS = {

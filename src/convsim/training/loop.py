@@ -1,11 +1,11 @@
 r"""Train one CNN with the CS regulariser, the CS initialisation or a baseline penalty: ``convsim train``.
 
-Reading order: :class:`TrainConfig` (every hyperparameter, one place; :mod:`convsim.config`) →
+Reading order: :class:`TrainConfig` (every hyperparameter, one place; :mod:`convsim.training.config`) →
 :func:`train` (the loop, top to bottom) → its set-up (data, model, optimizer, lr schedule, CS
 initialisation) → one epoch and one step → :func:`run` (``convsim train``). The loop's other
-pieces live beside it: :mod:`convsim.evaluation` (accuracy, redundancy measurements),
-:mod:`convsim.early_stopping`, :mod:`convsim.checkpoint` (save, resume), :mod:`convsim.summary`
-(``summary.json``) and :mod:`convsim.distributed` (device, threads, DDP). Every public name of
+pieces live beside it: :mod:`convsim.training.evaluation` (accuracy, redundancy measurements),
+:mod:`convsim.training.early_stopping`, :mod:`convsim.training.checkpoint` (save, resume), :mod:`convsim.training.summary`
+(``summary.json``) and :mod:`convsim.training.distributed` (device, threads, DDP). Every public name of
 those modules that the trainer uses is importable from here too.
 
 The objective of one step on a batch :math:`(x, y)` is
@@ -42,7 +42,7 @@ epoch gives bit-identical metrics (except ``seconds``) to two epochs straight on
 checkpoint does not. Ctrl-C loses at most the running epoch.
 
 Example:
-    >>> from convsim.train import TrainConfig, train
+    >>> from convsim.training.loop import TrainConfig, train
     >>> summary = train(TrainConfig(dataset="synthetic", epochs=1, train_subset=200,
     ...                             test_subset=100, out="/tmp/convsim-doc-run", verbose=False))  # doctest: +SKIP
     >>> summary["status"]  # doctest: +SKIP
@@ -65,26 +65,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import data as _data
-from . import distributed
-from . import models as _models
-from .checkpoint import (STATUSES, is_finished, load_checkpoint, reset_run_files, restore_state, rewrite_metrics,
+from convsim import data as _data
+from convsim.training import distributed
+from convsim import models as _models
+from convsim.training.checkpoint import (STATUSES, is_finished, load_checkpoint, reset_run_files, restore_state, rewrite_metrics,
                          save_checkpoint, stored_config)
-from .config import (CONFIG_FIELDS, CS_CHANNELS, CS_PAIRS, DATASETS, DEVICES, EARLY_STOPS, INIT_OPTIMIZERS, MODELS,
+from convsim.training.config import (CONFIG_FIELDS, CS_CHANNELS, CS_PAIRS, DATASETS, DEVICES, EARLY_STOPS, INIT_OPTIMIZERS, MODELS,
                      OPTIMIZERS, PENALTY_CHOICES, RESUMABLE_CHANGES, SCHEDULES, ConfigError, ConfigTypeError,
                      TrainConfig, add_arguments, config_from_args, config_from_dict, to_argv)
-from .distributed import DistEnv, default_threads, physical_cores, resolve_device
-from .early_stopping import (ChannelEarlyStopping, ChannelFreezer, EarlyStopping, ValidationEarlyStopping,
+from convsim.training.distributed import DistEnv, default_threads, physical_cores, resolve_device
+from convsim.training.early_stopping import (ChannelEarlyStopping, ChannelFreezer, EarlyStopping, ValidationEarlyStopping,
                              last_conv_layer, make_early_stopping)
-from .evaluation import autocast_context, evaluate, measure
-from .io import append_jsonl, atomic_write_json
-from .optim import cs_initialization, cs_options, lr_factor, make_optimizer, set_learning_rate
-from .summary import FINAL_KEYS, make_summary, state_digest, tensor_digest
-from .train_data import load_data, stratified_split
+from convsim.training.evaluation import autocast_context, evaluate, measure
+from convsim._internal.files import append_jsonl, atomic_write_json
+from convsim.training.optim import cs_initialization, cs_options, lr_factor, make_optimizer, set_learning_rate
+from convsim.training.summary import FINAL_KEYS, make_summary, state_digest, tensor_digest
+from convsim.training.data import load_data, stratified_split
 
-# The trainer's public API, re-exported from the modules it is split into (``convsim.train.X`` keeps working).
+# The trainer's public API, re-exported from the modules it is split into (``convsim.training.loop.X`` keeps working).
 __all__ = [
-    # convsim.config
+    # convsim.training.config
     "MODELS", "DATASETS", "OPTIMIZERS", "SCHEDULES", "CS_PAIRS", "CS_CHANNELS", "INIT_OPTIMIZERS", "PENALTY_CHOICES",
     "EARLY_STOPS", "DEVICES", "RESUMABLE_CHANGES", "CONFIG_FIELDS", "ConfigError", "ConfigTypeError", "TrainConfig",
     "add_arguments", "config_from_args", "config_from_dict", "to_argv",
@@ -165,7 +165,7 @@ def _train(config: TrainConfig, device: torch.device, env: DistEnv) -> dict:
     regularisers: list[nn.Module] = []
     decoupled = None  # cs_mode="decoupled": CS steps outside the optimizer
     if config.beta > 0:
-        from .similarity import ConvSimilarity
+        from convsim.similarity import ConvSimilarity
 
         cs = ConvSimilarity(model, beta=config.beta, **cs_options(config))
         if config.cs_mode == "decoupled":
@@ -173,7 +173,7 @@ def _train(config: TrainConfig, device: torch.device, env: DistEnv) -> dict:
         else:
             regularisers.append(cs)
     if config.penalty != "none":
-        from .penalties import Penalty
+        from convsim.penalties import Penalty
 
         regularisers.append(Penalty(model, config.penalty, weight=config.penalty_weight))
     stopper = make_early_stopping(config, model)
@@ -267,7 +267,7 @@ def _train(config: TrainConfig, device: torch.device, env: DistEnv) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# Set-up: seeds and the model (data, optimizer, CS initialisation: convsim.train_data, convsim.optim)
+# Set-up: seeds and the model (data, optimizer, CS initialisation: convsim.training.data, convsim.training.optim)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -420,7 +420,7 @@ def load_run(run_dir: str | os.PathLike) -> tuple[nn.Module, TrainConfig, dict]:
     """Rebuild a trained model from a run directory, on CPU, in eval mode.
 
     Reads the config from ``RUN_DIR/summary.json``, builds the architecture and loads the weights
-    of ``RUN_DIR/checkpoint.pt`` (the delivered weights; see :func:`convsim.summary.make_summary`).
+    of ``RUN_DIR/checkpoint.pt`` (the delivered weights; see :func:`convsim.training.summary.make_summary`).
 
     Returns:
         ``(model, config, summary)``.
@@ -439,32 +439,3 @@ def load_run(run_dir: str | os.PathLike) -> tuple[nn.Module, TrainConfig, dict]:
     model.load_state_dict(state)
     model.eval()
     return model, config, summary
-
-
-# ----------------------------------------------------------------------------------------------
-# Command line (the flags come from convsim.config.add_arguments)
-# ----------------------------------------------------------------------------------------------
-
-
-def run(args: argparse.Namespace) -> int:
-    """``convsim train``: build the config (with ``--resume``, the stored run's config plus the flags given), train.
-
-    Returns 0 on success, 2 for an invalid configuration or missing data (message on stderr),
-    130 when interrupted (Ctrl-C; the last checkpoint is intact).
-    """
-    out = getattr(args, "out", TrainConfig.out)
-    try:
-        base = stored_config(out) if getattr(args, "resume", False) else None
-        config = config_from_args(args, base)
-        summary = train(config)
-    except (ConfigError, _data.DatasetError) as e:
-        print(f"convsim train: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        if distributed.detect().is_main:
-            print(f"\nconvsim train: interrupted; continue with --resume --out {out}", file=sys.stderr)
-        return 130
-    if distributed.detect().is_main and config.verbose:
-        print(f"{summary['status']}: test_acc {summary['test_acc']:.4f} after {summary['epochs_run']} epochs "
-              f"({summary['wall_time']:.1f}s) -> {config.out}")
-    return 0

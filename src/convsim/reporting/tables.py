@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, Mapping, Sequence
 
-from .intervals import Estimate
-from .runs import Group, collapsed, in_study, method_label, method_rank, percent_unit, width_sweep
+from convsim.reporting.intervals import Estimate
+from convsim.reporting.runs import Group, collapsed, in_study, method_label, method_rank, percent_unit, width_sweep
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -110,7 +110,7 @@ def settings_table(groups: Sequence[Group]) -> tuple[dict, dict[str, dict]]:
 
 
 def claims_markdown(cl: list[dict]) -> str:
-    """The verdict table of :func:`convsim.claims.claims`, then each claim's evidence as a list."""
+    """The verdict table of :func:`convsim.reporting.claims.claims`, then each claim's evidence as a list."""
     rows = [[f"({c['id']})", c["claim"], f"**{c['verdict']}**"] for c in cl]
     out = [markdown_table(["", "paper claim", "verdict on this data"], rows)]
     for c in cl:

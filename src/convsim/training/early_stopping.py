@@ -19,12 +19,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import distributed
-from .config import TrainConfig
-from .distributed import DistEnv
-from .evaluation import evaluate
-from .hooks import capture
-from .layers import CONV_TYPES, unwrap
+from convsim.training import distributed
+from convsim.training.config import TrainConfig
+from convsim.training.distributed import DistEnv
+from convsim.training.evaluation import evaluate
+from convsim._internal.hooks import capture
+from convsim._internal.layers import CONV_TYPES, unwrap
 
 
 def last_conv_layer(model: nn.Module) -> tuple[str, nn.Module]:
@@ -140,7 +140,7 @@ class ChannelEarlyStopping(EarlyStopping):
 
     def errors(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> torch.Tensor:
         """Per-channel LOO error (C,) of the last conv layer's output on ``(x, y)``."""
-        from . import nnk
+        from convsim import nnk
 
         was_training = model.training
         model.eval()
