@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench clean data
+.PHONY: install lint test demo study bench clean data
 
 install: $(STAMP)
 
@@ -27,11 +27,25 @@ data:
 		echo "Fashion-MNIST: not installed (no apt or not root); the loader can download it"; \
 	fi
 
-test: install
+# Lint, formatting, the layer rule (import-linter contracts) and types; configured in pyproject.toml.
+lint: install
+	$(VENV)/bin/ruff check
+	$(VENV)/bin/ruff format --check
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest
 
+# The 6-minute demo: the quick suite into runs/quick, its report copied to docs/quick and spliced into README.
 demo: install
 	$(VENV)/bin/convsim reproduce --suite quick --out runs/quick
+	$(PY) scripts/splice_report.py runs/quick quick
+
+# The powered study (hours on 2 CPU cores; resumes from the runs committed in docs/fmnist/runs).
+study: install
+	$(VENV)/bin/convsim reproduce --suite fmnist --out docs/fmnist --jobs 2 --threads 1
+	$(PY) scripts/splice_report.py docs/fmnist fmnist
 
 bench: install
 	$(PY) benchmarks/bench_similarity.py
@@ -40,4 +54,4 @@ bench: install
 	$(PY) benchmarks/collect.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache .mypy_cache .import_linter_cache

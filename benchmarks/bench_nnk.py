@@ -23,6 +23,7 @@ float64. Synthetic ReLU-like activations: each channel is a random projection of
     python benchmarks/bench_nnk.py            # full run, writes benchmarks/results/nnk.md
     python benchmarks/bench_nnk.py --quick    # small sizes, prints only
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,8 @@ import contextlib  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
@@ -124,11 +125,13 @@ def machine_note(load_start: float) -> str:
     except OSError:
         pass
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
-    return (f"{cpu}, {os.cpu_count()} logical CPUs, load average {load_start:.2f} at the start and "
-            f"{load[0]:.2f} at the end; "
-            f"Python {platform.python_version()}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), numpy {np.__version__}, scipy {scipy.__version__}, "
-            f"numba {numba_version()}")
+    return (
+        f"{cpu}, {os.cpu_count()} logical CPUs, load average {load_start:.2f} at the start and "
+        f"{load[0]:.2f} at the end; "
+        f"Python {platform.python_version()}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), numpy {np.__version__}, scipy {scipy.__version__}, "
+        f"numba {numba_version()}"
+    )
 
 
 def numba_version() -> str:
@@ -162,39 +165,56 @@ def run_in(ctx, fn):
 def bench_points(n: int, d: int, k: int, repeats: int) -> tuple[list[str], float]:
     X = torch.randn(n, d, generator=torch.Generator().manual_seed(1))
     Xn = X.numpy()
-    fns = {name: (lambda ctx=ctx: run_in(ctx, lambda: nnk_neighbors(X, k=k, backend="torch")))
-           for name, ctx in variants().items()}
-    knn = {"k-NN search alone (convsim)": lambda: list(search.candidate_blocks(X.unsqueeze(0), k, backend="torch")),
-           "k-NN search alone (reference)": lambda: ref_knn(Xn, k)}
+    fns = {
+        name: (lambda ctx=ctx: run_in(ctx, lambda: nnk_neighbors(X, k=k, search="torch")))
+        for name, ctx in variants().items()
+    }
+    knn = {
+        "k-NN search alone (convsim)": lambda: list(search.candidate_blocks(X.unsqueeze(0), k, search="torch")),
+        "k-NN search alone (reference)": lambda: ref_knn(Xn, k),
+    }
     t = timed({**fns, **knn, "reference": lambda: ref_nnk(Xn, k)}, repeats)
-    ours = nnk_neighbors(X, k=k, backend="torch")
+    ours = nnk_neighbors(X, k=k, search="torch")
     ref = ref_nnk(Xn, k)
     gap = float(np.abs(ours.weights.numpy() - ref).max())
-    check = (f"mean count {float(ours.count.double().mean()):.2f} vs {float((ref > 1e-10).sum(1).mean()):.2f}; "
-             f"max weight diff {gap:.1e}")
-    rows = [f"| (a) NNK, {n} points x {d} dims, k={k}, cosine; {name} | {t[name]:.3f} | {t['reference']:.3f} "
-            f"| {t['reference'] / t[name]:.1f}x | {check if name == 'default' else ''} |" for name in fns]
-    rows.append(f"| (a) k-NN search alone: convsim vs reference | {t['k-NN search alone (convsim)']:.3f} | "
-                f"{t['k-NN search alone (reference)']:.3f} | "
-                f"{t['k-NN search alone (reference)'] / t['k-NN search alone (convsim)']:.1f}x | "
-                f"reference total / reference k-NN = {t['reference'] / t['k-NN search alone (reference)']:.1f}x |")
+    check = (
+        f"mean count {float(ours.count.double().mean()):.2f} vs {float((ref > 1e-10).sum(1).mean()):.2f}; "
+        f"max weight diff {gap:.1e}"
+    )
+    rows = [
+        f"| (a) NNK, {n} points x {d} dims, k={k}, cosine; {name} | {t[name]:.3f} | {t['reference']:.3f} "
+        f"| {t['reference'] / t[name]:.1f}x | {check if name == 'default' else ''} |"
+        for name in fns
+    ]
+    rows.append(
+        f"| (a) k-NN search alone: convsim vs reference | {t['k-NN search alone (convsim)']:.3f} | "
+        f"{t['k-NN search alone (reference)']:.3f} | "
+        f"{t['k-NN search alone (reference)'] / t['k-NN search alone (convsim)']:.1f}x | "
+        f"reference total / reference k-NN = {t['reference'] / t['k-NN search alone (reference)']:.1f}x |"
+    )
     return rows, t["reference"] / t["default"]
 
 
 def bench_layer(N: int, C: int, hw: int, k: int, repeats: int, ref_repeats: int) -> tuple[list[str], float, float]:
     acts = layer_activations(N, C, hw)
     an = acts.numpy()
-    fns = {name: (lambda ctx=ctx: run_in(ctx, lambda: channel_overlap(acts, k=k, backend="torch")))
-           for name, ctx in variants().items()}
+    fns = {
+        name: (lambda ctx=ctx: run_in(ctx, lambda: channel_overlap(acts, k=k, search="torch")))
+        for name, ctx in variants().items()
+    }
     t = timed(fns, repeats)
     t_ref = timed({"reference": lambda: ref_layer(an, k)}, ref_repeats, warmup=False)["reference"]
-    r = channel_overlap(acts, k=k, backend="torch")
-    check = (f"M1 {r.jaccard_score:.3f}, M2 {float(r.union_ratio):.3f}, M3 {float(r.aggregate_ratio):.3f}, "
-             f"mean counts {float(r.counts.double().mean()):.2f} (channel) / "
-             f"{float(r.aggregate_counts.double().mean()):.2f} (layer)")
-    rows = [f"| (b) CW-NNK layer, N={N}, C={C}, {hw}x{hw} maps, k={k}, channels + layer + overlap; {name} | "
-            f"{t[name]:.2f} | {t_ref:.2f} | {t_ref / t[name]:.1f}x | {check if name == 'default' else ''} |"
-            for name in fns]
+    r = channel_overlap(acts, k=k, search="torch")
+    check = (
+        f"M1 {r.jaccard_score:.3f}, M2 {float(r.union_ratio):.3f}, M3 {float(r.aggregate_ratio):.3f}, "
+        f"mean counts {float(r.counts.double().mean()):.2f} (channel) / "
+        f"{float(r.aggregate_counts.double().mean()):.2f} (layer)"
+    )
+    rows = [
+        f"| (b) CW-NNK layer, N={N}, C={C}, {hw}x{hw} maps, k={k}, channels + layer + overlap; {name} | "
+        f"{t[name]:.2f} | {t_ref:.2f} | {t_ref / t[name]:.1f}x | {check if name == 'default' else ''} |"
+        for name in fns
+    ]
     return rows, t_ref / t["default"], t["default"]
 
 
@@ -208,33 +228,40 @@ def bench_cuda(repeats: int, quick: bool) -> list[str]:
         def run():
             fn()
             torch.cuda.synchronize()
+
         return run
 
     X = torch.randn(600 if quick else 3000, 32, generator=torch.Generator().manual_seed(1)).to(dev)
     acts = layer_activations(300 if quick else 2000, 8 if quick else 64, 3).to(dev)
     t = timed({"a": synced(lambda: nnk_neighbors(X, k=30)), "b": synced(lambda: channel_overlap(acts, k=25))}, repeats)
-    return [f"GPU ({torch.cuda.get_device_name(dev)}, torch path, same inputs): (a) {t['a']:.3f} s, "
-            f"(b) {t['b']:.2f} s."]
+    return [
+        f"GPU ({torch.cuda.get_device_name(dev)}, torch path, same inputs): (a) {t['a']:.3f} s, (b) {t['b']:.2f} s."
+    ]
 
 
 def summary(speedup_a: float, speedup_b: float, seconds_b: float) -> str:
     def verdict(ok: bool) -> str:
         return "met" if ok else "**not met**"
 
-    return (f"**Summary.** With the defaults, (a) is **{speedup_a:.1f}x** faster than the reference design "
-            f"(target >= {TARGETS['a']:.0f}x: {verdict(speedup_a >= TARGETS['a'])}) and (b) **{speedup_b:.1f}x** "
-            f"in {seconds_b:.2f} s (target >= {TARGETS['b']:.0f}x and < 60 s: "
-            f"{verdict(speedup_b >= TARGETS['b'] and seconds_b < 60)}).")
+    return (
+        f"**Summary.** With the defaults, (a) is **{speedup_a:.1f}x** faster than the reference design "
+        f"(target >= {TARGETS['a']:.0f}x: {verdict(speedup_a >= TARGETS['a'])}) and (b) **{speedup_b:.1f}x** "
+        f"in {seconds_b:.2f} s (target >= {TARGETS['b']:.0f}x and < 60 s: "
+        f"{verdict(speedup_b >= TARGETS['b'] and seconds_b < 60)})."
+    )
 
 
 def bench_scaling(Ns, Cs, ks, base: tuple[int, int, int], repeats: int) -> list[str]:
     N0, C0, k0 = base
     rows = []
-    for label, configs in (("N", [(n, C0, k0) for n in Ns]), ("C", [(N0, c, k0) for c in Cs]),
-                           ("k", [(N0, C0, k) for k in ks])):
+    for label, configs in (
+        ("N", [(n, C0, k0) for n in Ns]),
+        ("C", [(N0, c, k0) for c in Cs]),
+        ("k", [(N0, C0, k) for k in ks]),
+    ):
         for N, C, k in configs:
             acts = layer_activations(N, C, 3)
-            t = timed({"x": lambda: channel_overlap(acts, k=k, backend="torch")}, repeats)["x"]
+            t = timed({"x": lambda acts=acts, k=k: channel_overlap(acts, k=k, search="torch")}, repeats)["x"]
             rows.append(f"| {label} | {N} | {C} | {k} | {t:.2f} | {1e6 * t / (N * (C + 1)):.1f} |")
     return rows
 
@@ -261,14 +288,24 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     q = args.quick
     reps = 2 if q else args.repeats
-    lines = ["# NNK benchmark (`benchmarks/bench_nnk.py`)", "", "Median seconds (lower is better); "
-             "speed-up = reference / convsim.", "",
-             "| case | convsim (s) | reference (s) | speed-up | check |", "|---|---|---|---|---|"]
+    lines = [
+        "# NNK benchmark (`benchmarks/bench_nnk.py`)",
+        "",
+        "Median seconds (lower is better); speed-up = reference / convsim.",
+        "",
+        "| case | convsim (s) | reference (s) | speed-up | check |",
+        "|---|---|---|---|---|",
+    ]
     rows_a, speedup_a = bench_points(600 if q else 3000, 32, 30, reps)
     rows_b, speedup_b, seconds_b = bench_layer(300 if q else 2000, 8 if q else 64, 3, 25, reps, 1)
     lines += rows_a + rows_b
-    lines += ["", "Growth of `channel_overlap` time (3x3 maps; every channel + layer + overlap):", "",
-              "| varied | N | C | k | seconds | us per (sample, channel) |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "Growth of `channel_overlap` time (3x3 maps; every channel + layer + overlap):",
+        "",
+        "| varied | N | C | k | seconds | us per (sample, channel) |",
+        "|---|---|---|---|---|---|",
+    ]
     if q:
         lines += bench_scaling([200, 400], [4, 8], [10, 25], (200, 4, 25), 1)
     else:

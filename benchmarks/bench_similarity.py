@@ -9,6 +9,7 @@ that load from other processes hits them alike.
     python benchmarks/bench_similarity.py            # full run, writes benchmarks/results/similarity.md
     python benchmarks/bench_similarity.py --quick    # short run, prints only
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,8 @@ import platform
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -135,7 +136,8 @@ def layer_table(repeats: int, quick: bool) -> tuple[list[str], dict]:
     if quick:
         shapes = [s for s in shapes if s[0] in (64, 512)]
     rows = [
-        "| weight shape (M, C, k, k) | convsim all pairs | rfft2 + autograd | speed-up | convsim adjacent | all / adjacent |",
+        "| weight shape (M, C, k, k) | convsim all pairs | rfft2 + autograd | speed-up "
+        "| convsim adjacent | all / adjacent |",
         "|---|---|---|---|---|---|",
     ]
     gen = torch.Generator().manual_seed(0)
@@ -207,7 +209,10 @@ def machine() -> str:
         name = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "unknown")
     except OSError:
         name = platform.processor() or "unknown"
-    return f"{name}; {torch.get_num_threads()} torch threads; torch {torch.__version__}; Python {platform.python_version()}"
+    return (
+        f"{name}; {torch.get_num_threads()} torch threads; torch {torch.__version__}; "
+        f"Python {platform.python_version()}"
+    )
 
 
 def main(argv=None) -> int:
@@ -252,7 +257,7 @@ def main(argv=None) -> int:
             "matmul + closed-form backward, linear in M); *rfft2 + autograd* = the same loss with "
             "`torch.fft.rfft2` and half-spectrum column weights, differentiated by autograd "
             "(`rfft2_baseline` in the script); *convsim adjacent* = the released definition "
-            "(`pairs=\"adjacent\"`). Distinct conv shapes of the CIFAR ResNet18.",
+            '(`pairs="adjacent"`). Distinct conv shapes of the CIFAR ResNet18.',
             "",
             *table,
             "",

@@ -16,6 +16,7 @@ the estimate least disturbed by other jobs). A regulariser's share of a step is
 ``(t_with − t_none) / t_with`` from those medians (it can come out slightly negative when the
 overhead is below the noise).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,13 +33,27 @@ from convsim import models
 from convsim._internal.files import atomic_write_text
 from convsim.penalties import Penalty
 from convsim.similarity import ConvSimilarity
-from convsim.training.loop import physical_cores, train_step
+from convsim.training.distributed import physical_cores
+from convsim.training.loop import train_step
 
 MODELS = [("cnn1", 1.0), ("cnn2", 1.0), ("resnet18", 0.25)]
-FORMATS = [("fp32, NCHW", False, False), ("fp32, channels_last", True, False),
-           ("bf16 autocast, NCHW", False, True), ("bf16 autocast, channels_last", True, True)]
-REGULARISERS = ["none", "cs (all pairs, per channel)", "cs (adjacent, per channel)",
-                "so", "dso", "mc", "srip", "ocnn", "decov"]
+FORMATS = [
+    ("fp32, NCHW", False, False),
+    ("fp32, channels_last", True, False),
+    ("bf16 autocast, NCHW", False, True),
+    ("bf16 autocast, channels_last", True, True),
+]
+REGULARISERS = [
+    "none",
+    "cs (all pairs, per channel)",
+    "cs (adjacent, per channel)",
+    "so",
+    "dso",
+    "mc",
+    "srip",
+    "ocnn",
+    "decov",
+]
 
 
 def make_regulariser(name: str, model: nn.Module):
@@ -46,14 +61,13 @@ def make_regulariser(name: str, model: nn.Module):
         return []
     if name.startswith("cs"):
         return [ConvSimilarity(model, beta=1e-3, pairs="adjacent" if "adjacent" in name else "all")]
-    return [Penalty(model, name, weight=1e-3, **({"check": "off"} if name == "ocnn" else {}))]
+    return [Penalty(model, name, beta=1e-3, **({"check": "off"} if name == "ocnn" else {}))]
 
 
 class Case:
     """One configuration: a model, its optimizer, regularisers and data, ready to step."""
 
-    def __init__(self, model_name: str, width: float, channels_last: bool, bf16: bool, reg: str,
-                 batch: int, pool: int):
+    def __init__(self, model_name: str, width: float, channels_last: bool, bf16: bool, reg: str, batch: int, pool: int):
         torch.manual_seed(0)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = models.build(model_name, in_channels=1, num_classes=10, width=width, input_size=28)
@@ -76,8 +90,15 @@ class Case:
         t0 = time.perf_counter()
         for _ in range(steps):
             idx = torch.randint(0, len(self.y), (self.batch,), generator=self.gen)
-            train_step(self.model, self.x[idx].contiguous(memory_format=self.fmt), self.y[idx], self.optimizer,
-                       self.regs, None, self.autocast)
+            train_step(
+                self.model,
+                self.x[idx].contiguous(memory_format=self.fmt),
+                self.y[idx],
+                self.optimizer,
+                self.regs,
+                None,
+                self.autocast,
+            )
         return time.perf_counter() - t0
 
 
@@ -106,7 +127,7 @@ def cpu_flags() -> str:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return "unknown"
-    flags = next((l.split(":", 1)[1].split() for l in text.splitlines() if l.startswith("flags")), [])
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     wanted = ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]
     return ", ".join(f for f in wanted if f in flags) or "none of avx2/avx512/bf16"
 
@@ -156,9 +177,12 @@ def main(argv=None) -> int:
         f"- torch {torch.__version__}, {threads} threads, Python {platform.python_version()}",
         f"- load average (1 min) {load_before[0]:.2f} before and {load_after[0]:.2f} after the run; "
         f"total {time.perf_counter() - t_start:.0f} s",
-        ("- **Caveat:** other jobs were running when the benchmark started (1-min load above 0.5), so "
-         "absolute numbers are pessimistic and noisy." if load_before[0] > 0.5 else
-         "- The machine was otherwise idle when the benchmark started (1-min load at most 0.5)."),
+        (
+            "- **Caveat:** other jobs were running when the benchmark started (1-min load above 0.5), so "
+            "absolute numbers are pessimistic and noisy."
+            if load_before[0] > 0.5
+            else "- The machine was otherwise idle when the benchmark started (1-min load at most 0.5)."
+        ),
         "- On an oversubscribed CPU prefer `--threads 1` (and `convsim train --threads 1`): with several "
         "OpenMP threads on busy cores every small parallel op waits for a descheduled sibling.",
         "",

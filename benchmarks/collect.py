@@ -3,6 +3,7 @@
     python benchmarks/bench_similarity.py && python benchmarks/bench_nnk.py \
         && python benchmarks/bench_training.py && python benchmarks/collect.py
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,10 @@ def quick_cost() -> str:
         rows.append(f"| {model} | {len(times)} | {sum(times) / len(times):.1f} | {sum(times):.0f} |")
     total = sum(sum(t) for t in by_model.values())
     rows.append(f"| **all** | {len(runs)} | | **{total:.0f}** |")
-    return ("Training wall time of the runs of the committed `quick` suite (`make demo`), from each run's "
-            "`summary.json`; the report, figures and the NNK overlap analysis come on top.\n\n" + "\n".join(rows) + "\n")
+    return (
+        "Training wall time of the runs of the committed `quick` suite (`make demo`), from each run's "
+        "`summary.json`; the report, figures and the NNK overlap analysis come on top.\n\n" + "\n".join(rows) + "\n"
+    )
 
 
 def main() -> int:

@@ -1,11 +1,14 @@
-"""Copy a real `convsim reproduce` result into the repository's docs and README.
+"""Splice a real `convsim reproduce` report into the repository's README (and copy it into docs/).
 
-    python scripts/splice_report.py runs/quick
+    python scripts/splice_report.py runs/quick quick     # copies the report to docs/quick/ first
+    python scripts/splice_report.py docs/fmnist fmnist   # the study's report already lives there
 
-copies `report.md`, its PNG figures and `results.json` to `docs/quick/`, and replaces the text
-between the README markers `<!-- quick-report:start -->` and `<!-- quick-report:end -->` with the
-report's tables, so the README never carries a number typed by hand.
+replaces the text between the README markers `<!-- NAME-report:start -->` and
+`<!-- NAME-report:end -->` with the report's claims and main tables, so the README never carries a
+number typed by hand. When the source folder is not `docs/NAME`, `report.md`, its figures,
+`results.json`, `summary.csv` and the cached overlap analysis are copied there first.
 """
+
 from __future__ import annotations
 
 import re
@@ -14,45 +17,45 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-START, END = "<!-- quick-report:start -->", "<!-- quick-report:end -->"
 
 
-# The report's sections shown in the README (the rest, per-run and per-layer tables included,
-# stays in docs/quick/report.md).
-README_SECTIONS = (
-    "Claims",
-    "Kernel orthogonality versus feature-map similarity",
-    "Figure 4: ResNet18",
-    "Figure 5: test accuracy versus initialisation iterations",
-    "Smaller models",
-    "Momentum",
-    "Early stopping",
-)
+# The report's sections shown in the README, per suite (the rest, per-run and per-layer tables
+# included, stays in docs/NAME/report.md).
+README_SECTIONS = {
+    "quick": (
+        "Claims",
+        "Kernel orthogonality versus feature-map similarity",
+        "Figure 4: ResNet18",
+        "Figure 5: test accuracy versus initialisation iterations",
+        "Smaller models",
+        "Momentum",
+        "Early stopping",
+    ),
+    "fmnist": ("Claims", "Setup", "Claim (d) at matched strength"),
+}
 # Within the overlap section only the correlation table is shown.
 OVERLAP = "Channel-wise NNK overlap"
 CORRELATION = "**Correlation with test accuracy"
 
 
-def tables_and_claims(report: str) -> str:
-    """The report's claims and main tables, headings demoted one level, figure links dropped."""
+def tables_and_claims(report: str, sections: tuple[str, ...]) -> str:
+    """The report's claims and the ``sections`` given, headings demoted one level, figure links dropped."""
     keep = []
     for section in re.split(r"(?m)^(?=## )", report):
         title = section.splitlines()[0][3:].strip() if section.startswith("## ") else ""
         if title == OVERLAP and CORRELATION in section:
-            part = section[section.index(CORRELATION):]
+            part = section[section.index(CORRELATION) :]
             part = part.split("\n**", 1)[0] if "\n**" in part[2:] else part
             section = f"## {title}: last conv layer against test accuracy\n\n" + part
-        elif title not in README_SECTIONS:
+        elif title not in sections:
             continue
         section = re.sub(r"(?m)^(#+) ", lambda m: "#" + m.group(1) + " ", section)
         keep.append(re.sub(r"(?m)^!\[.*\]\(.*\)\s*$", "", section).strip())
     return "\n\n".join(keep)
 
 
-def main(run_dir: str) -> int:
-    src = Path(run_dir)
-    report = (src / "report.md").read_text()
-    dest = ROOT / "docs" / "quick"
+def copy_report(src: Path, dest: Path) -> None:
+    """Replace ``dest`` with the report files of ``src`` (no run folders, no checkpoints)."""
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
@@ -61,16 +64,28 @@ def main(run_dir: str) -> int:
     for sub in ("figures", "overlap"):
         if (src / sub).is_dir():
             shutil.copytree(src / sub, dest / sub, ignore=shutil.ignore_patterns("*.pt"))
+
+
+def main(run_dir: str, name: str) -> int:
+    if name not in README_SECTIONS:
+        raise SystemExit(f"unknown report name {name!r}; expected one of {sorted(README_SECTIONS)}")
+    src, dest = Path(run_dir), ROOT / "docs" / name
+    if src.resolve() != dest.resolve():
+        copy_report(src, dest)
+    report = (dest / "report.md").read_text()
+    start, end = f"<!-- {name}-report:start -->", f"<!-- {name}-report:end -->"
     readme = ROOT / "README.md"
     text = readme.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"README.md lacks the markers {START} ... {END}")
-    body = f"{START}\n{tables_and_claims(report)}\n{END}"
-    text = text[: text.index(START)] + body + text[text.index(END) + len(END) :]
+    if start not in text or end not in text:
+        raise SystemExit(f"README.md lacks the markers {start} ... {end}")
+    body = f"{start}\n{tables_and_claims(report, README_SECTIONS[name])}\n{end}"
+    text = text[: text.index(start)] + body + text[text.index(end) + len(end) :]
     readme.write_text(text)
-    print(f"copied {src} -> {dest} and spliced the tables into README.md")
+    print(f"spliced the tables of {dest / 'report.md'} into README.md")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "runs/quick"))
+    if len(sys.argv) != 3:
+        raise SystemExit("usage: python scripts/splice_report.py SUITE_DIR NAME   (NAME: quick or fmnist)")
+    sys.exit(main(sys.argv[1], sys.argv[2]))

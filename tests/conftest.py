@@ -4,6 +4,7 @@ Tests use tiny tensors, for which one intra-op thread is fastest and avoids over
 2-core CI machine (subprocess tests such as the DDP run start their own threads). The setting is
 restored after every test, so a test that changes it (the trainer sets its own) cannot leak.
 """
+
 import pytest
 import torch
 

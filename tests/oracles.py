@@ -2,6 +2,7 @@
 
 Other tests may import these. Everything takes and returns numpy float64 arrays / Python floats.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -17,15 +18,15 @@ def xcorr_full(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ``1 - a.shape[k] .. b.shape[k] - 1`` and sits at output index ``l + a.shape[k] - 1``.
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    lags = [range(1 - na, nb) for na, nb in zip(a.shape, b.shape)]
-    out = np.zeros([na + nb - 1 for na, nb in zip(a.shape, b.shape)])
+    lags = [range(1 - na, nb) for na, nb in zip(a.shape, b.shape, strict=True)]
+    out = np.zeros([na + nb - 1 for na, nb in zip(a.shape, b.shape, strict=True)])
     for lag in itertools.product(*lags):
         total = 0.0
         for n in itertools.product(*map(range, a.shape)):
-            m = tuple(i + l for i, l in zip(n, lag))
-            if all(0 <= i < s for i, s in zip(m, b.shape)):
+            m = tuple(i + t for i, t in zip(n, lag, strict=True))
+            if all(0 <= i < s for i, s in zip(m, b.shape, strict=True)):
                 total += a[n] * b[m]
-        out[tuple(l + na - 1 for l, na in zip(lag, a.shape))] = total
+        out[tuple(t + na - 1 for t, na in zip(lag, a.shape, strict=True))] = total
     return out
 
 
@@ -96,12 +97,12 @@ def released_gradient(w) -> np.ndarray:
     lags = list(itertools.product(*[range(1 - k, k) for k in kernel]))
 
     def at(a, c, pos):
-        return w[(a, c) + pos] if all(0 <= p < k for p, k in zip(pos, kernel)) else 0.0
+        return w[(a, c) + pos] if all(0 <= p < k for p, k in zip(pos, kernel, strict=True)) else 0.0
 
     corr = {(a, c): xcorr_full(w[a, c], w[a + 1, c]) for a in range(m - 1) for c in range(c_count)}
 
     def g(a, c, lag):
-        return corr[a, c][tuple(l + k - 1 for l, k in zip(lag, kernel))]
+        return corr[a, c][tuple(t + k - 1 for t, k in zip(lag, kernel, strict=True))]
 
     grad = np.zeros_like(w)
     for a in range(m):
@@ -110,9 +111,9 @@ def released_gradient(w) -> np.ndarray:
                 total = 0.0
                 for lag in lags:
                     if a <= m - 2:
-                        total += g(a, c, lag) * at(a + 1, c, tuple(p + l for p, l in zip(x, lag)))
+                        total += g(a, c, lag) * at(a + 1, c, tuple(p + t for p, t in zip(x, lag, strict=True)))
                     if a >= 1:
-                        total += g(a - 1, c, lag) * at(a - 1, c, tuple(p - l for p, l in zip(x, lag)))
+                        total += g(a - 1, c, lag) * at(a - 1, c, tuple(p - t for p, t in zip(x, lag, strict=True)))
                 grad[(a, c) + x] = 2 * total
     return grad
 

@@ -1,4 +1,5 @@
 """The `convsim` dispatcher: every command is reachable and documented."""
+
 import os
 import subprocess
 import sys
@@ -45,8 +46,10 @@ def test_python_dash_m_entry_point_runs():
 @pytest.mark.parametrize("world_size", ["1", "2"])
 def test_entry_skips_interpreter_shutdown_only_under_torchrun(world_size):
     """Under torchrun `entry` ends with os._exit (atexit handlers do not run) yet keeps the output and code."""
-    script = ("import atexit, sys; atexit.register(print, 'atexit ran'); "
-              "sys.argv = ['convsim', '--version']; from convsim.cli import entry; entry()")
+    script = (
+        "import atexit, sys; atexit.register(print, 'atexit ran'); "
+        "sys.argv = ['convsim', '--version']; from convsim.cli import entry; entry()"
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | {"WORLD_SIZE": world_size}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0

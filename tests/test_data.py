@@ -1,4 +1,5 @@
 """convsim.data: parsers on tiny generated files, look-up order, downloads (no network), loaders."""
+
 import gzip
 import hashlib
 import io
@@ -17,13 +18,13 @@ from convsim import data
 from convsim.data import DatasetError, DatasetNotFoundError
 
 SYSTEM_FASHION = Path("/usr/share/datasets/fashion-mnist")
-HAS_SYSTEM_FASHION = all((SYSTEM_FASHION / f).is_file()
-                         for f in data._IDX_FILES["train"] + data._IDX_FILES["test"])
+HAS_SYSTEM_FASHION = all((SYSTEM_FASHION / f).is_file() for f in data._IDX_FILES["train"] + data._IDX_FILES["test"])
 
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
     """No network, a private HOME (so ~/.cache/convsim is empty), no $CONVSIM_DATA, no system copy."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("tests must not touch the network")
 
@@ -62,8 +63,11 @@ def write_idx_split(folder: Path, split: str = "train", n: int = 20, seed: int =
 
 def cifar_batch(n: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    return {b"batch_label": b"test", b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
-            b"labels": [int(v) for v in rng.integers(0, 10, size=n)]}
+    return {
+        b"batch_label": b"test",
+        b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+        b"labels": [int(v) for v in rng.integers(0, 10, size=n)],
+    }
 
 
 def write_cifar_dir(folder: Path, n: int = 4) -> dict:
@@ -97,7 +101,7 @@ def expected_cifar(batches: dict, split: str):
     for i in range(rows.shape[0]):
         for c in range(3):
             for y in range(32):
-                images[i, c, y] = rows[i, c * 1024 + y * 32: c * 1024 + (y + 1) * 32]
+                images[i, c, y] = rows[i, c * 1024 + y * 32 : c * 1024 + (y + 1) * 32]
     return images, labels
 
 
@@ -181,15 +185,22 @@ def _first_image_seed(x: torch.Tensor, candidates: dict) -> str:
     return next(k for k, v in candidates.items() if torch.equal(x[:, 0], torch.from_numpy(v)))
 
 
-@pytest.mark.parametrize("present,winner", [
-    (("root", "env", "cache", "system"), "root"),
-    (("env", "cache", "system"), "env"),
-    (("cache", "system"), "cache"),
-    (("system",), "system"),
-])
+@pytest.mark.parametrize(
+    "present,winner",
+    [
+        (("root", "env", "cache", "system"), "root"),
+        (("env", "cache", "system"), "env"),
+        (("cache", "system"), "cache"),
+        (("system",), "system"),
+    ],
+)
 def test_lookup_order_root_env_cache_system(tmp_path, monkeypatch, present, winner):
-    folders = {"root": tmp_path / "root", "env": tmp_path / "env",
-               "cache": tmp_path / "home" / ".cache" / "convsim", "system": tmp_path / "sys"}
+    folders = {
+        "root": tmp_path / "root",
+        "env": tmp_path / "env",
+        "cache": tmp_path / "home" / ".cache" / "convsim",
+        "system": tmp_path / "sys",
+    }
     written = {}
     for seed, key in enumerate(present):
         target = folders[key] if key == "system" else folders[key] / "fashion-mnist"
@@ -238,9 +249,16 @@ def test_missing_fashion_mnist_lists_every_way(tmp_path):
     with pytest.raises(DatasetNotFoundError) as err:
         data.load("fashion-mnist", "train", root=tmp_path)
     msg = str(err.value)
-    for needle in ("root=DIR", "CONVSIM_DATA", str(tmp_path / "home" / ".cache" / "convsim"),
-                   "dataset-fashion-mnist", "/usr/share/datasets/fashion-mnist", "download=True",
-                   "train-images-idx3-ubyte.gz", str(tmp_path / "fashion-mnist")):
+    for needle in (
+        "root=DIR",
+        "CONVSIM_DATA",
+        str(tmp_path / "home" / ".cache" / "convsim"),
+        "dataset-fashion-mnist",
+        "/usr/share/datasets/fashion-mnist",
+        "download=True",
+        "train-images-idx3-ubyte.gz",
+        str(tmp_path / "fashion-mnist"),
+    ):
         assert needle in msg, needle
     assert isinstance(err.value, FileNotFoundError) and isinstance(err.value, ValueError)
 
@@ -254,8 +272,11 @@ def test_missing_mnist_does_not_offer_the_debian_package(tmp_path):
 def test_system_copy_with_wrong_size_and_unknown_md5_is_rejected(tmp_path, monkeypatch):
     write_idx_split(tmp_path / "sys", "test")
     monkeypatch.setattr(data, "SYSTEM_DIRS", {"fashion-mnist": (tmp_path / "sys",)})
-    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte\.gz: checksum mismatch: md5 [0-9a-f]{32}"
-                                           r".*reinstall dataset-fashion-mnist"):
+    with pytest.raises(
+        DatasetError,
+        match=r"t10k-images-idx3-ubyte\.gz: checksum mismatch: md5 [0-9a-f]{32}"
+        r".*reinstall dataset-fashion-mnist",
+    ):
         data.load("fashion-mnist", "test")
 
 
@@ -320,14 +341,17 @@ def test_cifar_batch_rejects_code_in_pickle(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("obj,match", [
-    ([1, 2], "expected a pickled dict, got list"),
-    ({b"data": np.zeros((2, 3072), np.uint8)}, "expected keys b'data' and b'labels'"),
-    ({b"data": np.zeros((2, 3071), np.uint8), b"labels": [0, 1]}, r"b.data. must be uint8 of shape \(N, 3072\)"),
-    ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, r"b.data. must be uint8 of shape \(N, 3072\)"),
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "2 images but 1 labels"),
-    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, r"labels must lie in 0\.\.9"),
-])
+@pytest.mark.parametrize(
+    "obj,match",
+    [
+        ([1, 2], "expected a pickled dict, got list"),
+        ({b"data": np.zeros((2, 3072), np.uint8)}, "expected keys b'data' and b'labels'"),
+        ({b"data": np.zeros((2, 3071), np.uint8), b"labels": [0, 1]}, r"b.data. must be uint8 of shape \(N, 3072\)"),
+        ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, r"b.data. must be uint8 of shape \(N, 3072\)"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "2 images but 1 labels"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, r"labels must lie in 0\.\.9"),
+    ],
+)
 def test_cifar_batch_validation_names_file(tmp_path, obj, match):
     path = tmp_path / "test_batch"
     path.write_bytes(pickle.dumps(obj, protocol=2))
@@ -365,8 +389,11 @@ def test_cifar_verify_rejects_unpublished_archive(tmp_path):
 
 
 def test_cifar_missing_lists_ways(tmp_path):
-    with pytest.raises(DatasetNotFoundError, match=r"(?s)cifar-10-python\.tar\.gz.*CONVSIM_DATA.*"
-                                                   r"download=True.*cs\.toronto\.edu"):
+    with pytest.raises(
+        DatasetNotFoundError,
+        match=r"(?s)cifar-10-python\.tar\.gz.*CONVSIM_DATA.*"
+        r"download=True.*cs\.toronto\.edu",
+    ):
         data.load("cifar10", "test", root=tmp_path)
 
 
@@ -375,8 +402,7 @@ def test_cifar_missing_lists_ways(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def serve_split(monkeypatch, tmp_path, name="mnist", split="test", algorithm="md5", corrupt=None,
-                dead_mirror=False):
+def serve_split(monkeypatch, tmp_path, name="mnist", split="test", algorithm="md5", corrupt=None, dead_mirror=False):
     """Write the split's files to a 'server' folder and point RESOURCES at them via file:// URLs."""
     images, labels = write_idx_split(tmp_path / "server", split)
     table = dict(data.RESOURCES[name])
@@ -469,7 +495,7 @@ def test_download_is_skipped_when_data_present(tmp_path, monkeypatch):
 
 
 def test_published_checksums_are_well_formed():
-    for name, table in data.RESOURCES.items():
+    for table in data.RESOURCES.values():
         for res in table.values():
             algorithm, digest = res.checksum.split(":")
             assert algorithm == "md5" and len(digest) == 32 and int(digest, 16) >= 0
@@ -480,8 +506,7 @@ def test_published_checksums_are_well_formed():
 # real Fashion-MNIST (Debian package), digits, synthetic
 # ---------------------------------------------------------------------------------------------
 
-needs_fashion = pytest.mark.skipif(not HAS_SYSTEM_FASHION,
-                                   reason="Debian dataset-fashion-mnist not installed")
+needs_fashion = pytest.mark.skipif(not HAS_SYSTEM_FASHION, reason="Debian dataset-fashion-mnist not installed")
 
 
 @needs_fashion
@@ -504,6 +529,7 @@ def test_real_fashion_mnist_test_passes_md5_verification(monkeypatch):
 
 def test_digits_splits_partition_the_bundled_set():
     from sklearn.datasets import load_digits
+
     ref = load_digits()
     xtr, ytr = data.load("digits", "train")
     xte, yte = data.load("digits", "test")

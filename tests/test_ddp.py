@@ -4,6 +4,7 @@
 so two processes must follow the one-process trajectory up to float summation order, and both
 replicas must hold identical weights at the end.
 """
+
 import json
 import os
 import subprocess
@@ -12,12 +13,25 @@ import sys
 import pytest
 import torch
 
-from convsim.training import loop as T
-from convsim.training.distributed import DistEnv, shard
 from convsim._internal.files import read_jsonl
+from convsim.training.config import TrainConfig, to_argv
+from convsim.training.distributed import DistEnv, shard
+from convsim.training.loop import train
 
-CONFIG = dict(model="cnn1", dataset="synthetic", train_subset=256, test_subset=128, batch_size=32, fm_batch=64,
-              epochs=2, optimizer="adam", lr=3e-3, device="cpu", threads=1, verbose=False)
+CONFIG = dict(
+    model="cnn1",
+    dataset="synthetic",
+    train_subset=256,
+    test_subset=128,
+    batch_size=32,
+    fm_batch=64,
+    epochs=2,
+    optimizer="adam",
+    lr=3e-3,
+    device="cpu",
+    threads=1,
+    verbose=False,
+)
 
 
 def test_shard_is_rank_strided_and_partitions_the_batch():
@@ -31,12 +45,21 @@ def test_shard_is_rank_strided_and_partitions_the_batch():
 def test_two_process_training_matches_one_process(tmp_path):
     """torchrun with 2 CPU ranks: metrics written once per epoch, replicas in sync, same result as 1 process."""
     ddp_out, single_out = tmp_path / "ddp", tmp_path / "single"
-    argv = T.to_argv(T.TrainConfig(**CONFIG, out=str(ddp_out)))
+    argv = to_argv(TrainConfig(**CONFIG, out=str(ddp_out)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "convsim", "train", *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "convsim",
+        "train",
+        *argv,
+    ]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
 
@@ -47,9 +70,9 @@ def test_two_process_training_matches_one_process(tmp_path):
     assert summary["world_size"] == 2 and summary["ddp"]["backend"] == "gloo"
     assert summary["ddp"]["max_weight_difference"] == 0.0
 
-    T.train(T.TrainConfig(**CONFIG, out=str(single_out)))
+    train(TrainConfig(**CONFIG, out=str(single_out)))
     ref = read_jsonl(single_out / "metrics.jsonl")
-    for got, want in zip(records, ref):
+    for got, want in zip(records, ref, strict=True):
         for key in ("train_loss", "train_acc", "test_loss", "test_acc", "cs"):
             assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
     a = torch.load(ddp_out / "checkpoint.pt", weights_only=True)["model"]

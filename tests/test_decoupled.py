@@ -1,15 +1,16 @@
 """Decoupled CS (``ConvSimilarity.step``, ``cs_mode="decoupled"``) and the pairing of runs by seed."""
+
 import copy
 
 import pytest
 import torch
 from torch import nn
 
-from convsim.training import loop as T
-from convsim.reporting.suites import SUITES, method_overrides, CNN1_HP
-from convsim.similarity import ConvSimilarity
 from convsim._internal.files import read_jsonl
-
+from convsim.reporting.suites import CNN1_HP, SUITES, method_overrides
+from convsim.similarity import ConvSimilarity
+from convsim.training.errors import ConfigError
+from convsim.training.loop import train
 from test_train import assert_same_state, checkpoint_model, make_config, without_seconds
 
 
@@ -42,7 +43,7 @@ def test_step_leaves_grad_and_optimizer_state_untouched():
     grads = [p.grad.clone() for p in net.parameters()]
     state = copy.deepcopy(opt.state_dict())
     ConvSimilarity(net, beta=1.0).step(lr=0.1)
-    assert all(torch.equal(p.grad, g) for p, g in zip(net.parameters(), grads))
+    assert all(torch.equal(p.grad, g) for p, g in zip(net.parameters(), grads, strict=True))
     after = opt.state_dict()
     for k, v in state["state"].items():
         assert torch.equal(after["state"][k]["momentum_buffer"], v["momentum_buffer"])
@@ -72,8 +73,8 @@ def test_step_rejects_a_bad_lr(lr):
 def test_decoupled_equals_loss_mode_under_plain_sgd(tmp_path):
     # Without momentum or weight decay, w - lr*(g_CE + beta*g_CS) is the same step either way.
     common = dict(optimizer="sgd", momentum=0.0, lr=0.05, beta=0.01, epochs=1)
-    loss = T.train(make_config(tmp_path / "loss", **common))
-    dec = T.train(make_config(tmp_path / "dec", cs_mode="decoupled", **common))
+    loss = train(make_config(tmp_path / "loss", **common))
+    dec = train(make_config(tmp_path / "dec", cs_mode="decoupled", **common))
     a, b = checkpoint_model(tmp_path / "loss"), checkpoint_model(tmp_path / "dec")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
@@ -82,24 +83,25 @@ def test_decoupled_equals_loss_mode_under_plain_sgd(tmp_path):
 
 def test_decoupled_differs_from_loss_mode_under_momentum(tmp_path):
     common = dict(optimizer="sgd", momentum=0.9, lr=0.05, beta=1.0, epochs=1)
-    T.train(make_config(tmp_path / "loss", **common))
-    T.train(make_config(tmp_path / "dec", cs_mode="decoupled", **common))
+    train(make_config(tmp_path / "loss", **common))
+    train(make_config(tmp_path / "dec", cs_mode="decoupled", **common))
     a, b = checkpoint_model(tmp_path / "loss"), checkpoint_model(tmp_path / "dec")
     assert not torch.equal(a["conv1.weight"], b["conv1.weight"])
 
 
 def test_decoupled_resume_is_bit_identical(tmp_path):
     common = dict(optimizer="sgd", momentum=0.9, lr=0.02, beta=0.1, cs_mode="decoupled")
-    T.train(make_config(tmp_path / "straight", epochs=2, **common))
-    T.train(make_config(tmp_path / "resumed", epochs=1, **common))
-    T.train(make_config(tmp_path / "resumed", epochs=2, resume=True, **common))
+    train(make_config(tmp_path / "straight", epochs=2, **common))
+    train(make_config(tmp_path / "resumed", epochs=1, **common))
+    train(make_config(tmp_path / "resumed", epochs=2, resume=True, **common))
     assert_same_state(checkpoint_model(tmp_path / "straight"), checkpoint_model(tmp_path / "resumed"))
-    assert without_seconds(read_jsonl(tmp_path / "straight" / "metrics.jsonl")) == \
-        without_seconds(read_jsonl(tmp_path / "resumed" / "metrics.jsonl"))
+    assert without_seconds(read_jsonl(tmp_path / "straight" / "metrics.jsonl")) == without_seconds(
+        read_jsonl(tmp_path / "resumed" / "metrics.jsonl")
+    )
 
 
 def test_cs_mode_must_be_known(tmp_path):
-    with pytest.raises(T.ConfigError, match="cs_mode must be one of loss, decoupled"):
+    with pytest.raises(ConfigError, match="cs_mode must be one of loss, decoupled"):
         make_config(tmp_path, cs_mode="fused")
 
 
@@ -110,17 +112,18 @@ def test_runs_with_one_seed_start_alike_and_see_the_same_batches(tmp_path):
     for i, method in enumerate(("baseline", "cs-reg", "cs-init", "so", "cs-decoupled")):
         o = method_overrides(method, CNN1_HP)
         o["init_iters"] = min(o["init_iters"], 3)
-        summaries.append(T.train(make_config(tmp_path / str(i), optimizer="sgd", lr=0.05, seed=3, **o)))
+        summaries.append(train(make_config(tmp_path / str(i), optimizer="sgd", lr=0.05, seed=3, **o)))
     digests = {s["initial"]["weights_sha256"] for s in summaries}
-    orders = {tuple(r["order_sha256"] for r in read_jsonl(tmp_path / str(i) / "metrics.jsonl"))
-              for i in range(len(summaries))}
+    orders = {
+        tuple(r["order_sha256"] for r in read_jsonl(tmp_path / str(i) / "metrics.jsonl")) for i in range(len(summaries))
+    }
     assert len(digests) == 1 and len(orders) == 1
-    other = T.train(make_config(tmp_path / "other", optimizer="sgd", lr=0.05, seed=4))
+    other = train(make_config(tmp_path / "other", optimizer="sgd", lr=0.05, seed=4))
     assert other["initial"]["weights_sha256"] not in digests
 
 
 def test_metrics_log_kernel_norms_per_conv_layer(tmp_path):
-    T.train(make_config(tmp_path, epochs=1))
+    train(make_config(tmp_path, epochs=1))
     (record,) = read_jsonl(tmp_path / "metrics.jsonl")
     assert sorted(record["kernel_norm"]) == ["conv1", "conv2", "conv3", "conv4"]
     w = checkpoint_model(tmp_path)["conv2.weight"]

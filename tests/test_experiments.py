@@ -1,25 +1,27 @@
 """Suites as data and `convsim reproduce`: spec validity, skip/resume logic, and the smoke suite end to end."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import pytest
 
-from convsim.reporting import suites as ex
-from convsim.reporting import report
 from convsim._internal.files import append_jsonl, atomic_write_json
+from convsim.reporting import report
+from convsim.reporting import suites as ex
+from convsim.reporting.runs import infer_method
 
 REPORT_STUDIES = {"main", "width", "iters", "resnet", "momentum", "early_stop"}
 
 
 # ---------------------------------------------------------------- suites as data
 
+
 @pytest.mark.parametrize("suite", sorted(ex.SUITES))
 def test_suite_overrides_are_valid_train_configs(suite):
-    from convsim.training.loop import TrainConfig
+    from convsim.training import TrainConfig
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     for spec in ex.SUITES[suite]:
@@ -41,13 +43,13 @@ def test_suite_names_are_unique_and_group_by_seed(suite):
 @pytest.mark.parametrize("suite", ["smoke", "quick", "paper"])  # fmnist: cnn1 only, its own sections
 def test_suite_feeds_every_report_study(suite):
     studies = {st for s in ex.SUITES[suite] for st in s.studies}
-    assert REPORT_STUDIES <= studies
+    assert studies >= REPORT_STUDIES
 
 
 @pytest.mark.parametrize("suite", sorted(ex.SUITES))
 def test_suite_method_labels_match_their_configs(suite):
     for s in ex.SUITES[suite]:
-        assert report.infer_method(s.overrides) == s.method, s.name
+        assert infer_method(s.overrides) == s.method, s.name
 
 
 def test_quick_and_paper_compare_main_methods_on_cnn1_and_cnn2():
@@ -65,17 +67,27 @@ def test_paper_suite_sweeps_init_iterations_and_beta():
 
 
 def test_grid_is_the_product_of_its_axes():
-    specs = ex.grid("width", {"cnn1": {"epochs": 1}}, methods=("baseline", "cs-reg"), widths=(0.5, 1.0, 2.0),
-                    seeds=(0, 1, 2), hp=ex.Hyper())
+    specs = ex.grid(
+        "width",
+        {"cnn1": {"epochs": 1}},
+        methods=("baseline", "cs-reg"),
+        widths=(0.5, 1.0, 2.0),
+        seeds=(0, 1, 2),
+        hp=ex.Hyper(),
+    )
     assert len(specs) == 2 * 3 * 3
     assert {s.group for s in specs} >= {"cnn1-w0.5-baseline", "cnn1-w2-cs-reg-b0.01"}
 
 
 def test_method_overrides_select_the_method():
-    hp = ex.Hyper(beta=0.1, init_iters=7, penalty_weights={"so": 0.3, "ocnn": 1, "srip": 1, "decov": 1})
-    assert ex.method_overrides("cs-init+reg", hp) == {"beta": 0.1, "init_iters": 7, "penalty": "none",
-                                                      "penalty_weight": 0.0}
-    assert ex.method_overrides("so", hp)["penalty_weight"] == 0.3
+    hp = ex.Hyper(beta=0.1, init_iters=7, penalty_betas={"so": 0.3, "ocnn": 1, "srip": 1, "decov": 1})
+    assert ex.method_overrides("cs-init+reg", hp) == {
+        "beta": 0.1,
+        "init_iters": 7,
+        "penalty": "none",
+        "penalty_beta": 0.0,
+    }
+    assert ex.method_overrides("so", hp)["penalty_beta"] == 0.3
     with pytest.raises(ValueError, match="unknown method"):
         ex.method_overrides("dropout", hp)
 
@@ -106,8 +118,10 @@ def test_validate_specs_rejects_unknown_fields():
 
 # ---------------------------------------------------------------- reproduce with a fake trainer
 
+
 def _fake_trainer(calls, fail=()):
     """Writes a complete run directory like convsim.training.loop does (or fails for names in ``fail``)."""
+
     def train_one(spec, run_dir, opts):
         calls.append(spec["name"])
         if spec["name"] in fail:
@@ -116,20 +130,29 @@ def _fake_trainer(calls, fail=()):
         append_jsonl(d / "metrics.jsonl", {"epoch": 1, "train_loss": 1.0, "test_acc": 0.5, "cs": 1.0})
         atomic_write_json(d / "summary.json", {"status": "complete", "config": spec["overrides"], "test_acc": 0.5})
         return spec["name"], "complete", 0.0, ""
+
     return train_one
 
 
 def _picklable_fake_train_one(spec, run_dir, opts):
     """Module-level (picklable) fake trainer for worker processes; records its torch thread option."""
     d = Path(run_dir)
-    atomic_write_json(d / "summary.json", {"status": "complete", "config": spec["overrides"],
-                                           "threads": opts["threads"]})
+    atomic_write_json(
+        d / "summary.json", {"status": "complete", "config": spec["overrides"], "threads": opts["threads"]}
+    )
     return spec["name"], "complete", 0.0, ""
 
 
 def test_reproduce_with_two_jobs_trains_every_run_in_workers(tmp_path):
-    res = ex.reproduce("smoke", tmp_path, only="^cnn1-w1-(baseline|so)-s", jobs=2, report=False,
-                       log=lambda s: None, train_one=_picklable_fake_train_one)
+    res = ex.reproduce(
+        "smoke",
+        tmp_path,
+        only="^cnn1-w1-(baseline|so)-s",
+        jobs=2,
+        report=False,
+        log=lambda s: None,
+        train_one=_picklable_fake_train_one,
+    )
     assert res["trained"] == ["cnn1-w1-baseline-s0", "cnn1-w1-baseline-s1", "cnn1-w1-so-s0", "cnn1-w1-so-s1"]
     summary = json.loads((tmp_path / "runs" / "cnn1-w1-so-s1" / "summary.json").read_text())
     assert summary["threads"] >= 1
@@ -152,8 +175,14 @@ def test_reproduce_resumes_interrupted_runs(tmp_path):
     append_jsonl(d / "metrics.jsonl", {"epoch": 1, "train_loss": 1.0})
     atomic_write_json(d / "summary.json", {"status": "interrupted"})
     assert ex.run_status(d) == "interrupted"
-    ex.reproduce("smoke", tmp_path, only="^cnn1-w1-baseline-s0$", train_one=_fake_trainer(calls), report=False,
-                 log=lambda s: None)
+    ex.reproduce(
+        "smoke",
+        tmp_path,
+        only="^cnn1-w1-baseline-s0$",
+        train_one=_fake_trainer(calls),
+        report=False,
+        log=lambda s: None,
+    )
     assert calls == ["cnn1-w1-baseline-s0"] and ex.run_status(d) == "complete"
 
 
@@ -165,8 +194,14 @@ def test_reproduce_counts_a_stopped_early_run_as_complete(tmp_path):
 
 def test_reproduce_records_failures_and_continues(tmp_path):
     calls = []
-    res = ex.reproduce("smoke", tmp_path, only="^cnn1-w1-baseline-s", report=False, log=lambda s: None,
-                       train_one=_fake_trainer(calls, fail={"cnn1-w1-baseline-s0"}))
+    res = ex.reproduce(
+        "smoke",
+        tmp_path,
+        only="^cnn1-w1-baseline-s",
+        report=False,
+        log=lambda s: None,
+        train_one=_fake_trainer(calls, fail={"cnn1-w1-baseline-s0"}),
+    )
     assert res["failed"] == {"cnn1-w1-baseline-s0": "RuntimeError: boom"}
     assert res["trained"] == ["cnn1-w1-baseline-s1"]
 
@@ -175,8 +210,9 @@ def test_reproduce_warns_about_runs_trained_with_other_settings(tmp_path):
     d = tmp_path / "runs" / "cnn1-w1-baseline-s0"
     atomic_write_json(d / "summary.json", {"status": "complete", "config": {"lr": 123.0}})
     lines = []
-    ex.reproduce("smoke", tmp_path, only="^cnn1-w1-baseline-s0$", train_one=_fake_trainer([]), report=False,
-                 log=lines.append)
+    ex.reproduce(
+        "smoke", tmp_path, only="^cnn1-w1-baseline-s0$", train_one=_fake_trainer([]), report=False, log=lines.append
+    )
     assert any("other settings" in s and "lr" in s for s in lines)
 
 
@@ -197,6 +233,11 @@ def test_cli_list_prints_runs_and_status(tmp_path, capsys):
 
 # ---------------------------------------------------------------- the smoke suite, for real
 
+
+def results_figures(out):
+    return json.loads((out / "results.json").read_text())["figures"].values()
+
+
 @pytest.mark.slow
 def test_smoke_suite_end_to_end_writes_full_report_and_second_run_only_reaggregates(tmp_path):
     from convsim.cli import main
@@ -204,16 +245,22 @@ def test_smoke_suite_end_to_end_writes_full_report_and_second_run_only_reaggrega
     args = ["reproduce", "--suite", "smoke", "--out", str(tmp_path), "--threads", "1"]
     assert main(args) == 0
     md = (tmp_path / "report.md").read_text()
-    for header in report.SECTIONS:
-        assert f"\n{header}\n" in md, header
-    for name in report.FIGURES.values():
-        assert (tmp_path / "figures" / name).read_bytes()[:4] == b"\x89PNG"
+    for section in report.SECTIONS:
+        if section.heading not in (
+            "Claim (d) at matched strength",
+            "Shrinkage or decorrelation",
+            "Regularisation strength",
+        ):  # the fmnist suite's sections
+            assert f"\n## {section.heading}\n" in md, section.heading
+    for name in results_figures(tmp_path):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["figures"]) >= {"cs_loss", "train_loss", "width"}
     assert len(results["runs"]) == len(ex.SUITES["smoke"]) and all(r["complete"] for r in results["runs"])
     assert results["overlap"] is not None and (tmp_path / "summary.csv").exists()
+    # The second run only re-aggregates: it trains nothing and rewrites no run's summary. (How long
+    # that takes is a benchmark's business, not a test's.)
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/summary.json")}
-    t0 = time.perf_counter()
     res = ex.reproduce("smoke", tmp_path, threads=1, log=lambda s: None)
     assert res["trained"] == [] and len(res["skipped"]) == len(ex.SUITES["smoke"])
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
-    assert time.perf_counter() - t0 < 60

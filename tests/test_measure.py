@@ -1,4 +1,5 @@
 """FeatureMapSimilarity against direct float64 computations on stored activations."""
+
 import math
 
 import numpy as np
@@ -16,8 +17,6 @@ from convsim.measure import (
     summarize,
 )
 from convsim.similarity import conv_similarity
-
-
 
 
 def net():
@@ -50,7 +49,9 @@ def direct_summary(h, weight, centered):
         v = v - v.mean(axis=1, keepdims=True)
     m = v.shape[0]
     cos = [
-        abs(float(v[i] @ v[j]) / math.sqrt(float(v[i] @ v[i]) * float(v[j] @ v[j]))) for i in range(m) for j in range(i + 1, m)
+        abs(float(v[i] @ v[j]) / math.sqrt(float(v[i] @ v[i]) * float(v[j] @ v[j])))
+        for i in range(m)
+        for j in range(i + 1, m)
     ]
     lam = np.linalg.eigvalsh(v @ v.T / (v.shape[1] if centered else 1))
     k = weight.detach().reshape(m, -1).numpy()
@@ -265,8 +266,15 @@ def test_compute_sums_the_states_of_all_ranks(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     outs = [tmp_path / f"rank{r}.json" for r in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-c", SYNC_WORKER, str(r), str(port), str(outs[r])],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", SYNC_WORKER, str(r), str(port), str(outs[r])],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(2)
+    ]
     for p in procs:
         log = p.communicate(timeout=120)[0]
         assert p.returncode == 0, log[-3000:]

@@ -1,4 +1,5 @@
 """convsim.models: shapes, exact parameter counts against hand formulas, layers, gradients, errors."""
+
 import math
 
 import pytest
@@ -7,8 +8,6 @@ from torch import nn
 
 from convsim._internal.layers import select_conv_layers
 from convsim.models import MODELS, build, count_parameters
-
-
 
 
 def convs(model):
@@ -66,8 +65,9 @@ def test_cnn1_parameter_count_matches_formula(cin, classes, width, size):
 
 @pytest.mark.parametrize("cin,classes,width", [(1, 10, 1.0), (3, 100, 0.5), (1, 10, 1.5)])
 def test_cnn2_parameter_count_matches_formula(cin, classes, width):
-    assert count_parameters(build("cnn2", in_channels=cin, num_classes=classes, width=width)) == \
-        cnn2_params(cin, classes, width)
+    assert count_parameters(build("cnn2", in_channels=cin, num_classes=classes, width=width)) == cnn2_params(
+        cin, classes, width
+    )
 
 
 @pytest.mark.parametrize("cin,classes,width", [(3, 10, 0.25), (1, 10, 0.125), (3, 100, 0.5)])
@@ -83,8 +83,9 @@ def test_conv_layer_counts(name, n):
 
 def test_cnn1_layers_are_the_released_ones():
     model = build("cnn1")
-    shapes = [(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.bias is not None)
-              for c in convs(model)]
+    shapes = [
+        (c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding, c.bias is not None) for c in convs(model)
+    ]
     assert shapes == [(1, 4, (5, 5), (1, 1), (0, 0), True)] + [(4, 4, (5, 5), (1, 1), (0, 0), True)] * 3
     assert model[0] is model.conv1 and model.fc.in_features == 576
     assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 4
@@ -123,11 +124,21 @@ def test_cnn2_is_larger_than_cnn1():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name,cin,width,size,classes", [
-    ("cnn1", 1, 1.0, 28, 10), ("cnn1", 3, 0.5, 32, 5), ("cnn1", 1, 2.0, (17, 21), 10),
-    ("cnn2", 1, 1.0, 28, 10), ("cnn2", 3, 0.5, 32, 100), ("cnn2", 1, 1.0, 8, 10), ("cnn2", 2, 0.25, (9, 13), 3),
-    ("resnet18", 3, 0.125, 32, 10), ("resnet18", 1, 0.125, 28, 10), ("resnet18", 1, 0.0625, 8, 4),
-])
+@pytest.mark.parametrize(
+    "name,cin,width,size,classes",
+    [
+        ("cnn1", 1, 1.0, 28, 10),
+        ("cnn1", 3, 0.5, 32, 5),
+        ("cnn1", 1, 2.0, (17, 21), 10),
+        ("cnn2", 1, 1.0, 28, 10),
+        ("cnn2", 3, 0.5, 32, 100),
+        ("cnn2", 1, 1.0, 8, 10),
+        ("cnn2", 2, 0.25, (9, 13), 3),
+        ("resnet18", 3, 0.125, 32, 10),
+        ("resnet18", 1, 0.125, 28, 10),
+        ("resnet18", 1, 0.0625, 8, 4),
+    ],
+)
 def test_output_shape(name, cin, width, size, classes):
     torch.manual_seed(0)
     h, w = (size, size) if isinstance(size, int) else size
@@ -205,16 +216,27 @@ def test_width_rounding_to_zero_channels_rejected():
         build("cnn1", width=0.1)
 
 
-@pytest.mark.parametrize("name,size,match", [("cnn1", 16, "at least 17x17"), ("cnn2", 3, "at least 4x4"),
-                                             ("cnn1", 0, "positive int or a pair"),
-                                             ("resnet18", (32,), "positive int or a pair")])
+@pytest.mark.parametrize(
+    "name,size,match",
+    [
+        ("cnn1", 16, "at least 17x17"),
+        ("cnn2", 3, "at least 4x4"),
+        ("cnn1", 0, "positive int or a pair"),
+        ("resnet18", (32,), "positive int or a pair"),
+    ],
+)
 def test_input_too_small_rejected(name, size, match):
     with pytest.raises(ValueError, match=match):
         build(name, input_size=size)
 
 
-@pytest.mark.parametrize("kwargs,match", [({"in_channels": 0}, "in_channels must be a positive int"),
-                                          ({"num_classes": 1.5}, "num_classes must be a positive int")])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"in_channels": 0}, "in_channels must be a positive int"),
+        ({"num_classes": 1.5}, "num_classes must be a positive int"),
+    ],
+)
 def test_bad_channels_or_classes_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         build("cnn2", **kwargs)

@@ -1,4 +1,5 @@
 """Channel-wise NNK: batching, overlap measures against loops, dead channels, LOO, layer capture."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,13 @@ def activations(N, C, hw, seed, relu=True):
 def slow_overlap(indices, weights):
     """M1, M1w, union and total by Python sets and loops."""
     C, N, _ = indices.shape
-    sets = [[{int(j): float(w) for j, w in zip(indices[c, i], weights[c, i]) if j >= 0 and w > 0}
-             for i in range(N)] for c in range(C)]
+    sets = [
+        [
+            {int(j): float(w) for j, w in zip(indices[c, i], weights[c, i], strict=True) if j >= 0 and w > 0}
+            for i in range(N)
+        ]
+        for c in range(C)
+    ]
     jac = np.zeros((C, C))
     wov = np.zeros((C, C))
     for a in range(C):
@@ -48,7 +54,7 @@ def slow_loo(indices, weights, labels):
     errs = []
     for i in range(indices.shape[0]):
         votes = {}
-        for j, w in zip(indices[i].tolist(), weights[i].tolist()):
+        for j, w in zip(indices[i].tolist(), weights[i].tolist(), strict=True):
             if j >= 0 and w > 0:
                 votes[int(labels[j])] = votes.get(int(labels[j]), 0.0) + w
         if not votes:

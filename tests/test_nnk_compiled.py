@@ -1,5 +1,6 @@
 """The compiled (numba) selection and kernel-system builders against loop oracles, and the
 compiled and torch-only paths of nnk_neighbors against each other."""
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,7 @@ def smallest_k_oracle(S, k, exclude):
     for r, row in enumerate(S):
         keep = [j for j in range(len(row)) if j != exclude[r] and np.isfinite(row[j])]
         order = sorted(keep, key=lambda j: (row[j], j))[:k]
-        vals[r, :len(order)], cols[r, :len(order)] = row[order], order
+        vals[r, : len(order)], cols[r, : len(order)] = row[order], order
     return vals, cols
 
 
@@ -93,7 +94,7 @@ def test_compiled_and_torch_search_give_the_same_candidates():
             a = list(search.candidate_blocks(X, 12, **kw))
         with compiled_kernels(False):
             b = list(search.candidate_blocks(X, 12, **kw))
-        for x, y in zip(a, b):
+        for x, y in zip(a, b, strict=True):
             assert torch.equal(x.index, y.index)
             assert torch.allclose(x.dist2, y.dist2)
 

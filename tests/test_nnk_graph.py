@@ -1,4 +1,5 @@
 """NNK graph assembly: mutual-candidate rule, error-based direction, tie rule, symmetry."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -51,7 +52,7 @@ def test_edges_only_between_mutual_candidates():
     W = graph_from_result(r).tocoo()
     cand = [set(r.indices[i].tolist()) for i in range(120)]
     assert W.nnz > 0
-    for i, j in zip(W.row, W.col):
+    for i, j in zip(W.row, W.col, strict=True):
         assert j in cand[i] and i in cand[j]
 
 
@@ -60,7 +61,7 @@ def test_edge_weight_comes_from_the_endpoint_with_smaller_error():
     X = torch.tensor(np.random.default_rng(3).standard_normal((100, 3)))
     r = nnk_neighbors(X, k=8, kernel="gaussian")
     W = graph_from_result(r).tocoo()
-    for i, j, w in zip(W.row, W.col, W.data):
+    for i, j, w in zip(W.row, W.col, W.data, strict=True):
         src, dst = (i, j) if (float(r.error[i]), i) < (float(r.error[j]), j) else (j, i)
         row = r.indices[src].tolist()
         assert np.isclose(w, float(r.weights[src, row.index(dst)]))

@@ -1,14 +1,14 @@
 """nnk_neighbors against a slow float64 reference, geometric properties and degenerate data."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
+import test_nnk_oracles as oracles
 from convsim.nnk import nnk_neighbors
 from convsim.nnk.search import faiss_available
-
-import test_nnk_oracles as oracles
 
 
 def points(n, d, seed):
@@ -140,7 +140,7 @@ def test_gaussian_prunes_behind_the_hyperplane_of_the_nearer_candidate(sigma):
         if abs(side) < 1e-3 * sigma**2 or abs(dj - dk) < 1e-6:
             continue
         r = nnk_neighbors(torch.tensor(P), k=2, kernel="gaussian", sigma=sigma, jitter=0.0)
-        w = dict(zip(r.indices[0].tolist(), r.weights[0].tolist()))
+        w = dict(zip(r.indices[0].tolist(), r.weights[0].tolist(), strict=True))
         assert w[j] > 0
         assert (w[kk] == 0) == (side <= 0)
         checked += 1
@@ -160,8 +160,10 @@ def test_collinear_points_have_at_most_two_neighbours():
 
 def test_counts_grow_with_intrinsic_dimension():
     """Mean NNK count rises with the dimension of the subspace the data lie on (spec §1.7)."""
-    means = [float(nnk_neighbors(subspace_points(300, d, 16, seed=d), k=30, kernel="gaussian").count.double().mean())
-             for d in (1, 2, 4)]
+    means = [
+        float(nnk_neighbors(subspace_points(300, d, 16, seed=d), k=30, kernel="gaussian").count.double().mean())
+        for d in (1, 2, 4)
+    ]
     assert means[0] < means[1] < means[2]
     assert abs(means[0] - 2) < 0.1
 
@@ -212,11 +214,11 @@ def test_float32_input_matches_float64_input():
     assert torch.allclose(a.weights, b.weights, atol=1e-5)
 
 
-def test_fast_solver_close_to_exact():
-    """solver='fast' gives the exact neighbour counts on well-separated data and close weights."""
+def test_pgd_solver_close_to_exact():
+    """solver='pgd' gives the exact neighbour counts on well-separated data and close weights."""
     X = points(150, 4, seed=11)
     a = nnk_neighbors(X, k=10, kernel="gaussian")
-    b = nnk_neighbors(X, k=10, kernel="gaussian", solver="fast", solver_options={"max_iter": 20000})
+    b = nnk_neighbors(X, k=10, kernel="gaussian", solver="pgd", solver_options={"max_iter": 20000})
     assert float((a.weights - b.weights).abs().max()) < 1e-3
     assert float((a.count != b.count).double().mean()) < 0.05
 
@@ -246,16 +248,19 @@ def test_k_not_smaller_than_n_raises():
     assert nnk_neighbors(X, k=10, queries=X[:2]).indices.shape == (2, 10)
 
 
-@pytest.mark.parametrize("kwargs,err,match", [
-    ({"kernel": "rbf"}, ValueError, "kernel must be one of"),
-    ({"solver": "pruning"}, ValueError, "solver must be one of"),
-    ({"sigma": 1.0}, ValueError, "sigma is only used by the gaussian kernel"),
-    ({"kernel": "gaussian", "sigma": -1.0}, ValueError, "sigma must be a positive number"),
-    ({"k": 0}, ValueError, "k must be >= 1"),
-    ({"k": 2.5}, TypeError, "k must be an int"),
-    ({"duplicates": "merge"}, ValueError, "duplicates must be one of"),
-    ({"backend": "annoy"}, ValueError, "backend must be one of"),
-])
+@pytest.mark.parametrize(
+    "kwargs,err,match",
+    [
+        ({"kernel": "rbf"}, ValueError, "kernel must be one of"),
+        ({"solver": "pruning"}, ValueError, "solver must be one of"),
+        ({"sigma": 1.0}, ValueError, "sigma is only used by the gaussian kernel"),
+        ({"kernel": "gaussian", "sigma": -1.0}, ValueError, "sigma must be a positive number"),
+        ({"k": 0}, ValueError, "k must be an int >= 1"),
+        ({"k": 2.5}, TypeError, "k must be an int"),
+        ({"duplicates": "merge"}, ValueError, "duplicates must be one of"),
+        ({"search": "annoy"}, ValueError, "search must be one of"),
+    ],
+)
 def test_invalid_options_raise(kwargs, err, match):
     """Bad options raise with a message naming what was expected."""
     with pytest.raises(err, match=match):
@@ -277,11 +282,11 @@ def test_invalid_inputs_raise():
 
 
 @pytest.mark.skipif(not faiss_available(), reason="faiss is optional")
-def test_faiss_backend_matches_torch_backend():
+def test_faiss_search_matches_torch_search():
     """The FAISS flat index finds the same candidates as the torch search."""
     X = points(120, 6, seed=17).float()
-    a = nnk_neighbors(X, k=8, backend="torch")
-    b = nnk_neighbors(X, k=8, backend="faiss")
+    a = nnk_neighbors(X, k=8, search="torch")
+    b = nnk_neighbors(X, k=8, search="faiss")
     assert torch.equal(a.indices, b.indices)
     assert torch.allclose(a.weights, b.weights, atol=1e-5)
 
@@ -295,26 +300,25 @@ def test_cuda_matches_cpu():
     assert torch.equal(a.indices, b.indices.cpu()) and torch.allclose(a.weights, b.weights.cpu(), atol=1e-9)
 
 
-def test_kdtree_backend_matches_torch_backend():
+def test_kdtree_search_matches_torch_search():
     """The exact k-d tree search gives the brute-force candidates, distances and weights."""
     X = points(300, 6, seed=19)
-    a = nnk_neighbors(X, k=8, backend="torch")
-    b = nnk_neighbors(X, k=8, backend="kdtree")
+    a = nnk_neighbors(X, k=8, search="torch")
+    b = nnk_neighbors(X, k=8, search="kdtree")
     assert torch.equal(a.indices, b.indices)
     assert torch.allclose(a.distances, b.distances, atol=1e-9)
     assert torch.allclose(a.weights, b.weights, atol=1e-9)
 
 
-def test_kdtree_backend_excludes_self_among_duplicates_and_skips_zero_points():
+def test_kdtree_search_excludes_self_among_duplicates_and_skips_zero_points():
     """Exact copies: the query is dropped by identity; zero points are never cosine candidates."""
     X = points(40, 3, seed=20)
     X[5:9] = X[4]  # five copies of one point
     X[10] = 0
-    for backend in ("torch", "kdtree"):
-        r = nnk_neighbors(X, k=6, backend=backend)
+    for search in ("torch", "kdtree"):
+        r = nnk_neighbors(X, k=6, search=search)
         assert not (r.indices == torch.arange(40).unsqueeze(1)).any()
         assert not (r.indices == 10).any()
         assert set(r.indices[4, :4].tolist()) == {5, 6, 7, 8}
-    a, b = (nnk_neighbors(X, k=6, backend=be) for be in ("torch", "kdtree"))
+    a, b = (nnk_neighbors(X, k=6, search=s) for s in ("torch", "kdtree"))
     assert torch.allclose(a.distances, b.distances, atol=1e-9)
-

@@ -2,6 +2,7 @@
 
 The tests in this file only check the references themselves against closed forms.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """`convsim overlap`: analysis of run directories, overlap.json, figures, markdown and the command."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,8 @@ from scipy import stats
 
 from convsim.cli import main as cli_main
 from convsim.reporting.overlap import MEASURES, overlap_analysis, overlap_markdown
-from convsim.training.loop import TrainConfig, build_model
+from convsim.training.config import TrainConfig
+from convsim.training.loop import build_model
 
 ACCS = (0.61, 0.72, 0.68)
 
@@ -42,7 +44,7 @@ def result(run_dirs, tmp_path_factory):
 def test_analysis_covers_every_run_and_conv_layer(result):
     """One entry per run, one summary per conv layer in depth order, the run's test accuracy."""
     assert [r["name"] for r in result["runs"]] == ["cnn1-seed0", "cnn1-seed1", "cnn1-seed2"]
-    for r, acc in zip(result["runs"], ACCS):
+    for r, acc in zip(result["runs"], ACCS, strict=True):
         assert [lay["name"] for lay in r["layers"]] == ["conv1", "conv2", "conv3", "conv4"]
         assert [lay["depth"] for lay in r["layers"]] == [1, 2, 3, 4]
         assert r["test_acc"] == acc
@@ -53,7 +55,8 @@ def test_analysis_covers_every_run_and_conv_layer(result):
 def test_overlap_json_and_figures_are_written(result):
     """overlap.json holds the returned numbers (NaN-free) and every figure is a PNG."""
     out = result["out_dir"]
-    text = open(f"{out}/overlap.json").read()
+    with open(f"{out}/overlap.json") as fh:
+        text = fh.read()
     assert "NaN" not in text
     assert json.loads(text)["runs"][0]["layers"] == result["runs"][0]["layers"]
     assert len(result["figures"]) == 4
@@ -107,8 +110,21 @@ def test_too_few_runs_give_no_correlation(run_dirs, tmp_path):
 def test_command_writes_json_and_markdown(run_dirs, tmp_path):
     """`convsim overlap RUN_DIR... --out DIR` exits 0 and writes overlap.json and overlap.md."""
     out = tmp_path / "ov"
-    code = cli_main(["overlap", *map(str, run_dirs), "--out", str(out), "--n-samples", "40", "-k", "4",
-                     "--layers", "conv3,conv4", "--no-figures"])
+    code = cli_main(
+        [
+            "overlap",
+            *map(str, run_dirs),
+            "--out",
+            str(out),
+            "--n-samples",
+            "40",
+            "-k",
+            "4",
+            "--layers",
+            "conv3,conv4",
+            "--no-figures",
+        ]
+    )
     assert code == 0
     assert (out / "overlap.json").exists()
     assert (out / "overlap.md").read_text().startswith("# Channel-wise NNK overlap")
@@ -129,7 +145,7 @@ def test_runs_at_chance_accuracy_are_left_out_of_the_correlations(run_dirs, tmp_
     import shutil
 
     dirs = []
-    for d, acc in zip(run_dirs, (0.10, 0.72, 0.68)):
+    for d, acc in zip(run_dirs, (0.10, 0.72, 0.68), strict=True):
         copy = tmp_path / d.name
         shutil.copytree(d, copy)
         s = json.loads((copy / "summary.json").read_text())

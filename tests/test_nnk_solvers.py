@@ -1,4 +1,5 @@
 """Batched NNK solvers against scipy.optimize.nnls, KKT conditions and degenerate systems."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,20 +7,15 @@ import pytest
 import scipy.optimize
 import torch
 
-import functools
-
-from convsim.nnk import solvers
-from convsim.nnk.solvers import objective, projected_gradient, solve
-
 import test_nnk_oracles as oracles
+from convsim.nnk.solvers import active_set, objective, projected_gradient, solve
 
 
-@pytest.fixture(autouse=True, params=["torch", "numba"])
-def backend(request, monkeypatch):
-    """Every exact-solver test runs on both backends: the torch path must stay covered when numba is installed."""
+@pytest.fixture(params=["torch", "numba"])
+def engine(request: pytest.FixtureRequest) -> str:
+    """Every exact-solver test runs on both engines: the torch path stays covered when numba is installed."""
     if request.param == "numba":
         pytest.importorskip("numba", reason="numba (the optional compiled NNK solver) is not installed")
-    monkeypatch.setitem(globals(), "active_set", functools.partial(solvers.active_set, backend=request.param))
     return request.param
 
 
@@ -49,10 +45,10 @@ def kernel_systems(kernel, seed, n=200, d=6, k=12):
 
 
 @pytest.mark.parametrize("k", [1, 4, 15, 30])
-def test_exact_matches_scipy_nnls_on_random_pd_systems(k):
+def test_exact_matches_scipy_nnls_on_random_pd_systems(k, engine):
     """Same support as scipy's NNLS on the Cholesky factor and an objective no worse."""
     A, b = random_systems(40, k, seed=k)
-    theta = active_set(A, b).theta
+    theta = active_set(A, b, engine=engine).theta
     for s in range(A.shape[0]):
         ref = oracles.nnls_cholesky(A[s].numpy(), b[s].numpy())
         assert np.array_equal(theta[s].numpy() > 1e-10, ref > 1e-10)
@@ -61,20 +57,20 @@ def test_exact_matches_scipy_nnls_on_random_pd_systems(k):
 
 
 @pytest.mark.parametrize("kernel", ["cosine", "gaussian"])
-def test_exact_matches_scipy_nnls_on_kernel_systems(kernel):
+def test_exact_matches_scipy_nnls_on_kernel_systems(kernel, engine):
     """NNK systems of both kernels: weights equal scipy's to 1e-8, supports identical."""
     A, b = kernel_systems(kernel, seed=1)
-    theta = active_set(A, b).theta.numpy()
+    theta = active_set(A, b, engine=engine).theta.numpy()
     for s in range(A.shape[0]):
         ref = oracles.nnls_cholesky(A[s].numpy(), b[s].numpy())
         assert np.array_equal(theta[s] > 1e-10, ref > 1e-10)
         assert np.allclose(theta[s], ref, atol=1e-8)
 
 
-def test_exact_solution_satisfies_kkt():
+def test_exact_solution_satisfies_kkt(engine):
     """theta_P = A_PP^{-1} b_P > 0 and A_jP theta_P >= b_j off the support (spec §1.4)."""
     A, b = kernel_systems("gaussian", seed=2)
-    theta = active_set(A, b).theta
+    theta = active_set(A, b, engine=engine).theta
     for s in range(A.shape[0]):
         a, bb, t = A[s].numpy(), b[s].numpy(), theta[s].numpy()
         P = t > 0
@@ -83,15 +79,15 @@ def test_exact_solution_satisfies_kkt():
         assert np.all(a[~P][:, P] @ t[P] >= bb[~P] - 1e-10)
 
 
-def test_exact_reports_small_kkt_violation_and_convergence():
+def test_exact_reports_small_kkt_violation_and_convergence(engine):
     """The reported KKT violation is tiny and every system converged."""
     A, b = random_systems(60, 20, seed=3)
-    res = active_set(A, b)
+    res = active_set(A, b, engine=engine)
     assert bool(res.converged.all())
     assert float(res.kkt.max()) < 1e-10
 
 
-def test_exact_on_rank_deficient_gram_matches_nnls_on_features():
+def test_exact_on_rank_deficient_gram_matches_nnls_on_features(engine):
     """Cosine kernel of 3-d points with 20 candidates has rank 4: optimum of min||F t - f|| anyway.
 
     With the explicit features f = [1, x/|x|]/sqrt(2) scipy solves the NNLS without a Cholesky;
@@ -104,7 +100,7 @@ def test_exact_on_rank_deficient_gram_matches_nnls_on_features():
     Fs, fq = F[:, :, 1:], F[:, :, 0]
     A = Fs.transpose(1, 2) @ Fs
     b = (Fs.transpose(1, 2) @ fq.unsqueeze(-1)).squeeze(-1)
-    res = active_set(A + 1e-10 * torch.eye(20, dtype=torch.float64), b)
+    res = active_set(A + 1e-10 * torch.eye(20, dtype=torch.float64), b, engine=engine)
     for s in range(30):
         ref, _ = scipy.optimize.nnls(Fs[s].numpy(), fq[s].numpy())
         ours = oracles.objective(A[s].numpy(), b[s].numpy(), res.theta[s].numpy())
@@ -112,52 +108,53 @@ def test_exact_on_rank_deficient_gram_matches_nnls_on_features():
         assert int((res.theta[s] > 1e-6).sum()) <= 4
 
 
-def test_exact_is_invariant_to_batch_size():
+def test_exact_is_invariant_to_batch_size(engine):
     """Chunking the batch changes nothing."""
     A, b = random_systems(50, 10, seed=5)
-    full = active_set(A, b).theta
-    assert torch.equal(active_set(A, b, batch_size=7).theta, full)
+    full = active_set(A, b, engine=engine).theta
+    assert torch.equal(active_set(A, b, batch_size=7, engine=engine).theta, full)
 
 
-def test_exact_zero_rhs_gives_zero_solution():
-    """b <= 0 everywhere: theta = 0, converged."""
+def test_exact_zero_rhs_gives_zero_solution(engine):
+    """b <= 0 everywhere: theta = 0 is optimal, converged after one check."""
     A, _ = random_systems(5, 6, seed=6)
-    res = active_set(A, -torch.rand(5, 6, dtype=torch.float64))
+    res = active_set(A, -torch.rand(5, 6, dtype=torch.float64), engine=engine)
     assert torch.equal(res.theta, torch.zeros(5, 6, dtype=torch.float64))
     assert bool(res.converged.all())
+    assert torch.equal(res.iterations, torch.ones(5, dtype=torch.long))
 
 
-def test_exact_flags_iteration_limit():
+def test_exact_flags_iteration_limit(engine):
     """max_iter=1 cannot finish systems with several neighbours: converged is False."""
     A, b = kernel_systems("gaussian", seed=7)
-    res = active_set(A, b, max_iter=1)
+    res = active_set(A, b, max_iter=1, engine=engine)
     assert not bool(res.converged.all())
 
 
-def test_exact_reports_pivot_of_near_duplicate_support():
+def test_exact_reports_pivot_of_near_duplicate_support(engine):
     """Two identical candidates share the weight; the support pivot is of the jitter's size."""
     A = torch.tensor([[[1.0, 1.0, 0.2], [1.0, 1.0, 0.2], [0.2, 0.2, 1.0]]], dtype=torch.float64)
     A = A + 1e-8 * torch.eye(3, dtype=torch.float64)
     b = torch.tensor([[0.9, 0.9, 0.1]], dtype=torch.float64)
-    res = active_set(A, b)
+    res = active_set(A, b, engine=engine)
     assert torch.isfinite(res.theta).all()
     assert torch.allclose(res.theta[0, 0], res.theta[0, 1], rtol=1e-6)
     assert float(res.pivot[0]) < 1e-6
 
 
 @pytest.mark.parametrize("accelerated", [True, False])
-def test_fast_solver_within_documented_objective_gap(accelerated):
+def test_pgd_solver_within_documented_objective_gap(accelerated):
     """Projected gradient ends within 1e-6 (objective) of the exact optimum on NNK systems."""
     A, b = kernel_systems("gaussian", seed=8)
     exact = active_set(A, b).theta
-    fast = projected_gradient(A, b, accelerated=accelerated, max_iter=20000)
-    gap = objective(A, b, fast.theta) - objective(A, b, exact)
+    pgd = projected_gradient(A, b, accelerated=accelerated, max_iter=20000)
+    gap = objective(A, b, pgd.theta) - objective(A, b, exact)
     assert float(gap.max()) < 1e-6
     assert float(gap.min()) > -1e-12  # never better than the optimum
-    assert bool((fast.theta >= 0).all())
+    assert bool((pgd.theta >= 0).all())
 
 
-def test_fast_solver_zeroes_weights_below_threshold():
+def test_pgd_solver_zeroes_weights_below_threshold():
     """Weights under the threshold are exactly 0."""
     A, b = kernel_systems("cosine", seed=9)
     theta = projected_gradient(A, b, threshold=1e-3).theta
@@ -165,11 +162,13 @@ def test_fast_solver_zeroes_weights_below_threshold():
 
 
 def test_solve_dispatches_and_rejects_unknown_solver():
-    """solve() picks the solver by name; an unknown name raises."""
+    """solve() picks the solver by name; an unknown name (or the old name "fast") raises."""
     A, b = random_systems(3, 4, seed=10)
-    assert torch.equal(solve(A, b, "exact").theta, solvers.active_set(A, b).theta)  # default backend
-    with pytest.raises(ValueError, match="solver must be one of"):
-        solve(A, b, "pruning")
+    assert torch.equal(solve(A, b, "exact").theta, active_set(A, b).theta)
+    assert torch.equal(solve(A, b, "pgd", max_iter=50).theta, projected_gradient(A, b, max_iter=50).theta)
+    for name in ("pruning", "fast"):
+        with pytest.raises(ValueError, match="solver must be one of"):
+            solve(A, b, name)
 
 
 def test_solvers_validate_shapes_and_dtypes():

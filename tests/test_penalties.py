@@ -1,4 +1,5 @@
 """Baseline penalties against their formulas written as float64 loops."""
+
 import itertools
 import warnings
 
@@ -19,10 +20,6 @@ from convsim.penalties import (
     srip,
 )
 from convsim.similarity import conv_similarity
-
-
-
-
 from oracles import rand
 
 
@@ -117,16 +114,16 @@ def ocnn_loop(w, stride):
     m, c, kernel = w.shape[0], w.shape[1], w.shape[2:]
     d = len(kernel)
     s = (stride,) * d if isinstance(stride, int) else stride
-    pads = [(k - 1) // si * si for k, si in zip(kernel, s)]
-    lag_ranges = [range(-p, p + 1, si) for p, si in zip(pads, s)]
+    pads = [(k - 1) // si * si for k, si in zip(kernel, s, strict=True)]
+    lag_ranges = [range(-p, p + 1, si) for p, si in zip(pads, s, strict=True)]
     total = 0.0
     for i, j in itertools.product(range(m), range(m)):
         for lag in itertools.product(*lag_ranges):
             val = 0.0
             for ch in range(c):
                 for n in itertools.product(*[range(k) for k in kernel]):
-                    q = tuple(a + b for a, b in zip(n, lag))
-                    if all(0 <= qa < k for qa, k in zip(q, kernel)):
+                    q = tuple(a + b for a, b in zip(n, lag, strict=True))
+                    if all(0 <= qa < k for qa, k in zip(q, kernel, strict=True)):
                         val += w[(i, ch) + n] * w[(j, ch) + q]
             if i == j and all(v == 0 for v in lag):
                 val -= 1.0
@@ -136,7 +133,14 @@ def ocnn_loop(w, stride):
 
 @pytest.mark.parametrize(
     "shape,stride",
-    [((3, 2, 3, 3), 1), ((3, 2, 3, 3), 2), ((4, 2, 5, 5), 2), ((2, 3, 5, 3), (3, 1)), ((3, 2, 5), 2), ((2, 2, 3, 3, 3), 1)],
+    [
+        ((3, 2, 3, 3), 1),
+        ((3, 2, 3, 3), 2),
+        ((4, 2, 5, 5), 2),
+        ((2, 3, 5, 3), (3, 1)),
+        ((3, 2, 5), 2),
+        ((2, 2, 3, 3, 3), 1),
+    ],
 )
 def test_ocnn_matches_loop(shape, stride):
     """OCNN equals the loop over multiples-of-stride lags for Conv1d/2d/3d and any stride."""
@@ -281,12 +285,12 @@ def small_net():
 
 
 @pytest.mark.parametrize("name", ["so", "dso", "mc", "ocnn"])
-def test_penalty_is_weight_times_sum_of_layers(name):
-    """reg() = weight x sum of the functional penalty over the selected layers (ocnn with strides)."""
+def test_penalty_is_beta_times_sum_of_layers(name):
+    """reg() = beta x sum of the functional penalty over the selected layers (ocnn with strides)."""
     net = small_net()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        reg = Penalty(net, name, weight=0.5)
+        reg = Penalty(net, name, beta=0.5)
     fn = {"so": soft_orthogonality, "dso": double_soft_orthogonality, "mc": mutual_coherence}.get(name)
     if name == "ocnn":
         ref = ocnn(net[0].weight, 1, check="off") + ocnn(net[2].weight, 2, check="off")
@@ -294,6 +298,8 @@ def test_penalty_is_weight_times_sum_of_layers(name):
         ref = fn(net[0].weight) + fn(net[2].weight)
     assert reg.layers == ["0", "2"]
     assert reg().item() == pytest.approx(0.5 * ref.item(), rel=1e-12)
+    assert reg.beta == 0.5 and "beta=0.5" in repr(reg)
+    assert not hasattr(reg, "weight")  # on an nn.Module, .weight means a Parameter
 
 
 def test_penalty_srip_uses_generator_option():
@@ -364,7 +370,7 @@ def test_penalty_decov_uses_last_forward_and_backprops():
     """decov: reg() is DeCov of the hooked outputs (not detached: gradients reach the model)."""
     net = small_net()
     x = rand(3, 2, 9, 9, seed=11)
-    with Penalty(net, "decov", weight=2.0) as reg:
+    with Penalty(net, "decov", beta=2.0) as reg:
         net(x)
         val = reg()
         h0 = net[0](x)
@@ -376,9 +382,8 @@ def test_penalty_decov_uses_last_forward_and_backprops():
 
 def test_penalty_decov_before_forward_raises():
     """Calling the data-dependent penalty before any forward is an error."""
-    with Penalty(small_net(), "decov") as reg:
-        with pytest.raises(RuntimeError, match="forward"):
-            reg()
+    with Penalty(small_net(), "decov") as reg, pytest.raises(RuntimeError, match="forward"):
+        reg()
 
 
 def test_penalty_decov_remove_stops_capturing():

@@ -1,48 +1,113 @@
 """Aggregation over seeds, claim verdicts and report.md on synthetic run directories."""
+
 from __future__ import annotations
 
 import csv
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from convsim.reporting import report
 from convsim._internal.files import append_jsonl, atomic_write_json
-from convsim.reporting.report import Estimate, combine, contrast, mean_ci, verdict
+from convsim.reporting import report
+from convsim.reporting.claims import ClaimDesign, claims, matched_settings, strongest_within_margin
+from convsim.reporting.figures import FIGURES, curve
+from convsim.reporting.intervals import contrast, mean_ci
+from convsim.reporting.runs import group_runs, infer_method, iters_series, load_runs, method_label, read_run, strength
+from convsim.reporting.tables import smaller_models
 
 T_975_DOF2 = 4.302652729911275  # Student t 0.975 quantile, 2 degrees of freedom (table value)
 
 
 # ---------------------------------------------------------------- synthetic run directories
 
-def make_run(root, name, *, seed, studies=("main",), method=None, config=None, test_acc=0.8, epochs=3,
-             train_loss=1.0, cs=10.0, kernel_cosine=0.3, fm=0.6, fmc=0.4, init_steps=0, complete=True):
+
+def make_run(
+    root,
+    name,
+    *,
+    seed,
+    studies=("main",),
+    method=None,
+    config=None,
+    test_acc=0.8,
+    epochs=3,
+    train_loss=1.0,
+    cs=10.0,
+    kernel_cosine=0.3,
+    fm=0.6,
+    fmc=0.4,
+    init_steps=0,
+    complete=True,
+    kernel_norm=None,
+    spec=True,
+):
     """A run directory as convsim.training.loop writes it (plus the spec.json of convsim reproduce)."""
-    cfg = {"model": "cnn1", "width": 1.0, "dataset": "synthetic", "epochs": epochs, "optimizer": "sgd",
-           "lr": 0.01, "momentum": 0.0, "beta": 0.0, "init_iters": init_steps, "penalty": "none",
-           "penalty_weight": 0.0, "early_stop": "none", "seed": seed}
+    cfg = {
+        "model": "cnn1",
+        "width": 1.0,
+        "dataset": "synthetic",
+        "epochs": epochs,
+        "optimizer": "sgd",
+        "lr": 0.01,
+        "momentum": 0.0,
+        "beta": 0.0,
+        "init_iters": init_steps,
+        "penalty": "none",
+        "penalty_beta": 0.0,
+        "early_stop": "none",
+        "seed": seed,
+    }
     cfg.update(config or {})
     d = root / name
     d.mkdir(parents=True)
     group = name.rsplit("-s", 1)[0]
-    atomic_write_json(d / "spec.json", {"name": name, "group": group, "method": method or report.infer_method(cfg),
-                                        "seed": seed, "studies": list(studies)})
+    if spec:
+        atomic_write_json(
+            d / "spec.json",
+            {
+                "name": name,
+                "group": group,
+                "method": method or infer_method(cfg),
+                "seed": seed,
+                "studies": list(studies),
+            },
+        )
     for e in range(1, epochs + 1):
-        append_jsonl(d / "metrics.jsonl", {
-            "epoch": e, "train_loss": train_loss / e, "train_acc": test_acc * e / epochs, "test_loss": 0.5,
-            "test_acc": test_acc if e == epochs else test_acc * 0.9, "cs": cs * (1 + 1 / e),
-            "kernel_cosine": kernel_cosine, "fm_similarity": fm, "fm_similarity_centered": fmc,
-            "seconds": 0.5, "lr": 0.01})
+        rec = {
+            "epoch": e,
+            "train_loss": train_loss / e,
+            "train_acc": test_acc * e / epochs,
+            "test_loss": 0.5,
+            "test_acc": test_acc if e == epochs else test_acc * 0.9,
+            "cs": cs * (1 + 1 / e),
+            "kernel_cosine": kernel_cosine,
+            "fm_similarity": fm,
+            "fm_similarity_centered": fmc,
+            "seconds": 0.5,
+            "lr": 0.01,
+        }
+        if kernel_norm is not None:
+            rec.update(kernel_norm={"conv1": kernel_norm / e, "conv2": 2 * kernel_norm / e}, cs_normalized=cs / 10)
+        append_jsonl(d / "metrics.jsonl", rec)
     for s in range(init_steps):
         append_jsonl(d / "init.jsonl", {"step": s, "cs": 100.0 / (s + 1)})
-    atomic_write_json(d / "summary.json", {
-        "config": cfg, "seed": seed, "status": "complete" if complete else "running",
-        "versions": {"torch": "x"}, "device": "cpu", "wall_time": 1.5 * epochs, "epochs_run": epochs,
-        "initial": {"cs": 3 * cs}, "test_acc": test_acc})
+    atomic_write_json(
+        d / "summary.json",
+        {
+            "config": cfg,
+            "seed": seed,
+            "status": "complete" if complete else "running",
+            "versions": {"torch": "x"},
+            "device": "cpu",
+            "wall_time": 1.5 * epochs,
+            "epochs_run": epochs,
+            "initial": {"cs": 3 * cs},
+            "test_acc": test_acc,
+        },
+    )
     return d
 
 
@@ -53,7 +118,23 @@ def make_group(root, group, values, **kw):
         make_run(root, f"{group}-s{s}", seed=s, **{k: v[s] for k, v in values.items()}, **kw)
 
 
+def _groups(root):
+    return group_runs(load_runs(root))
+
+
+def _claim(root, cid, design=None):
+    """Claim ``cid`` of :func:`claims` on the runs under ``root``."""
+    return next(c for c in claims(_groups(root), design or ClaimDesign()) if c["id"] == cid)
+
+
+BASE = [0.80, 0.81, 0.79]
+CS = "cnn1-w1-cs-reg-b0.01"  # ClaimDesign's default group names, as the suites name them
+B = "cnn1-w1-baseline"
+REG = {"beta": 0.01}
+
+
 # ---------------------------------------------------------------- statistics
+
 
 def test_mean_ci_matches_hand_formula():
     x = [0.81, 0.84, 0.79]
@@ -63,11 +144,12 @@ def test_mean_ci_matches_hand_formula():
     assert e.mean == pytest.approx(m, abs=1e-12)
     assert e.half_width == pytest.approx(T_975_DOF2 * s / math.sqrt(3), rel=1e-9)
     assert (e.n, e.method) == (3, "t")
+    assert (e.se, e.dof) == (pytest.approx(s / math.sqrt(3), rel=1e-12), 2.0)
 
 
 def test_mean_ci_single_value_has_no_interval():
     e = mean_ci([0.7])
-    assert (e.mean, e.low, e.high, e.n) == (0.7, None, None, 1)
+    assert (e.mean, e.low, e.high, e.n, e.se, e.dof) == (0.7, None, None, 1, None, None)
     assert "no CI" in e.fmt()
 
 
@@ -95,10 +177,12 @@ def test_welch_contrast_equals_scipy_welch_interval():
     rng = np.random.default_rng(1)
     a, b = rng.normal(0.8, 0.01, 4), rng.normal(0.83, 0.03, 6)
     e = contrast([(1.0, dict(enumerate(b))), (-1.0, {10 + i: v for i, v in enumerate(a)})])
-    ci = stats.ttest_ind(b, a, equal_var=False).confidence_interval(0.95)
+    res = stats.ttest_ind(b, a, equal_var=False)
+    ci = res.confidence_interval(0.95)
     assert e.method == "welch"
     assert e.mean == pytest.approx(b.mean() - a.mean(), abs=1e-12)
     assert (e.low, e.high) == pytest.approx((ci.low, ci.high), rel=1e-9)
+    assert e.dof == pytest.approx(res.df, rel=1e-9)
 
 
 def test_four_term_contrast_paired_is_per_seed_difference_of_differences():
@@ -120,132 +204,229 @@ def test_contrast_rejects_empty_group():
         contrast([(1.0, {}), (-1.0, {0: 1.0})])
 
 
-@pytest.mark.parametrize("est,expected", [
-    (Estimate(0.05, 0.02, 0.08, 3), "holds"),
-    (Estimate(-0.05, -0.08, -0.02, 3), "does not hold"),
-    (Estimate(0.01, -0.02, 0.04, 3), "inconclusive (CI overlaps)"),
-    (Estimate(0.01, None, None, 1), report.TOO_FEW),
-    (None, "not tested"),
-])
-def test_verdict_rule(est, expected):
-    assert verdict(est) == expected
+# ---------------------------------------------------------------- (a) accuracy
 
-
-@pytest.mark.parametrize("verdicts,expected", [
-    (["holds", "inconclusive (CI overlaps)"], "holds"),
-    (["does not hold", "inconclusive (CI overlaps)"], "does not hold"),
-    (["holds", "does not hold"], "inconclusive (mixed: some comparisons hold, some do not)"),
-    (["inconclusive (CI overlaps)", report.TOO_FEW], "inconclusive (CI overlaps)"),
-    ([], "not tested"),
-])
-def test_combine_rule(verdicts, expected):
-    assert combine(verdicts) == expected
-
-
-# ---------------------------------------------------------------- claims on synthetic results
 
 def test_clear_accuracy_win_holds(tmp_path):
-    make_group(tmp_path, "cnn1-baseline", {"test_acc": [0.80, 0.81, 0.79]})
-    make_group(tmp_path, "cnn1-cs-reg", {"test_acc": [0.85, 0.86, 0.84]}, config={"beta": 0.01})
-    c = report.claim_accuracy(report.group_runs(report.load_runs(tmp_path)), 100.0)
-    assert c["verdict"] == "holds"
-    assert c["comparisons"][0]["estimate"]["mean"] == pytest.approx(0.05)
+    make_group(tmp_path, B, {"test_acc": BASE})
+    make_group(tmp_path, CS, {"test_acc": [0.85, 0.87, 0.84]}, config=REG)
+    c = _claim(tmp_path, "a")
+    assert c["verdict"] == "holds" == c["primary"]["verdict"]
+    assert c["primary"]["estimate"]["mean"] == pytest.approx(0.16 / 3)
+    assert c["primary"]["p"] == pytest.approx(stats.ttest_rel([0.85, 0.87, 0.84], BASE).pvalue, rel=1e-9)
 
 
 def test_overlapping_accuracy_is_inconclusive(tmp_path):
-    make_group(tmp_path, "cnn1-baseline", {"test_acc": [0.80, 0.84, 0.78]})
-    make_group(tmp_path, "cnn1-cs-reg", {"test_acc": [0.83, 0.79, 0.82]}, config={"beta": 0.01})
-    c = report.claim_accuracy(report.group_runs(report.load_runs(tmp_path)), 100.0)
-    assert c["verdict"] == "inconclusive (CI overlaps)"
+    make_group(tmp_path, B, {"test_acc": [0.80, 0.84, 0.78]})
+    make_group(tmp_path, CS, {"test_acc": [0.83, 0.79, 0.82]}, config=REG)
+    assert _claim(tmp_path, "a")["verdict"] == "inconclusive"
+
+
+def test_tiny_accuracy_difference_is_no_meaningful_effect(tmp_path):
+    base = [0.800, 0.810, 0.790, 0.805]
+    make_group(tmp_path, B, {"test_acc": base})
+    tiny = [v + d for v, d in zip(base, (2e-4, -1e-4, 1e-4, 3e-4), strict=True)]
+    make_group(tmp_path, CS, {"test_acc": tiny}, config=REG)
+    c = _claim(tmp_path, "a")
+    est = c["primary"]["estimate"]
+    assert est["low"] > -0.005 and est["high"] < 0.005  # inside the accuracy margin
+    assert c["verdict"] == "no meaningful effect"
 
 
 def test_clear_accuracy_loss_does_not_hold(tmp_path):
-    make_group(tmp_path, "cnn1-baseline", {"test_acc": [0.80, 0.81, 0.79]})
-    make_group(tmp_path, "cnn1-cs-init", {"test_acc": [0.70, 0.71, 0.69]}, init_steps=5)
-    c = report.claim_accuracy(report.group_runs(report.load_runs(tmp_path)), 100.0)
-    assert c["verdict"] == "does not hold"
+    make_group(tmp_path, B, {"test_acc": BASE})
+    make_group(tmp_path, CS, {"test_acc": [0.70, 0.72, 0.69]}, config=REG)
+    assert _claim(tmp_path, "a")["verdict"] == "does not hold"
 
 
-def test_accuracy_claim_compares_only_matching_training_settings(tmp_path):
-    make_group(tmp_path, "cnn1-baseline-lr", {"test_acc": [0.5, 0.5, 0.5]}, config={"lr": 0.1})
-    make_group(tmp_path, "cnn1-cs-reg", {"test_acc": [0.85, 0.86, 0.84]}, config={"beta": 0.01})
-    c = report.claim_accuracy(report.group_runs(report.load_runs(tmp_path)), 100.0)
-    assert c["verdict"] == "not tested"
+def test_one_seed_is_inconclusive_too_few_seeds(tmp_path):
+    make_group(tmp_path, B, {"test_acc": [0.80]})
+    make_group(tmp_path, CS, {"test_acc": [0.90]}, config=REG)
+    assert _claim(tmp_path, "a")["verdict"] == "inconclusive (too few seeds)"
+
+
+def test_primary_is_chosen_by_group_name(tmp_path):
+    """The design names the primary groups; a different CS group with a larger gain does not replace it."""
+    make_group(tmp_path, B, {"test_acc": BASE})
+    make_group(tmp_path, CS, {"test_acc": [0.70, 0.72, 0.69]}, config=REG)
+    make_group(tmp_path, "cnn1-w1-cs-init-I5", {"test_acc": [0.90, 0.91, 0.89]}, init_steps=5)
+    assert _claim(tmp_path, "a")["verdict"] == "does not hold"
+    assert _claim(tmp_path, "a", ClaimDesign(cs="cnn1-w1-cs-init-I5"))["verdict"] == "holds"
+
+
+def test_accuracy_claim_not_tested_when_the_primary_group_is_missing(tmp_path):
+    make_group(tmp_path, B, {"test_acc": BASE})
+    make_group(tmp_path, "cnn1-w1-cs-init-I5", {"test_acc": [0.90, 0.91, 0.89]}, init_steps=5)
+    c = _claim(tmp_path, "a")
+    assert (c["verdict"], c["primary"]) == ("not tested", None)
+    assert [x["verdict"] for x in c["comparisons"]] == ["holds"]  # the other CS group is a secondary
+
+
+def test_secondary_comparisons_use_only_baselines_with_matching_training_settings(tmp_path):
+    make_group(tmp_path, B, {"test_acc": BASE})
+    make_group(tmp_path, CS, {"test_acc": [0.85, 0.87, 0.84]}, config=REG)
+    make_group(tmp_path, "cnn1-w1-cs-init-I5", {"test_acc": [0.70, 0.71, 0.69]}, init_steps=5)
+    make_group(tmp_path, "cnn1-w1-cs-init-I5-lr", {"test_acc": [0.9, 0.9, 0.9]}, init_steps=5, config={"lr": 0.1})
+    c = _claim(tmp_path, "a")
+    assert len(c["comparisons"]) == 1  # no baseline was trained at lr 0.1
+    assert c["comparisons"][0]["estimate"]["mean"] == pytest.approx(-0.1)
+    assert c["comparisons"][0]["verdict"] == "does not hold"
+    assert c["verdict"] == "holds"  # the claim's verdict is its primary's
+
+
+# ---------------------------------------------------------------- (b) convergence
 
 
 def test_faster_convergence_uses_first_epoch_training_loss(tmp_path):
-    make_group(tmp_path, "cnn1-baseline", {"train_loss": [1.0, 1.1, 0.9]})
-    make_group(tmp_path, "cnn1-cs-reg", {"train_loss": [0.5, 0.6, 0.4]}, config={"beta": 0.01})
-    c = report.claim_convergence(report.group_runs(report.load_runs(tmp_path)), 1.0)
+    make_group(tmp_path, B, {"train_loss": [1.0, 1.1, 0.9]})
+    make_group(tmp_path, CS, {"train_loss": [0.5, 0.6, 0.45]}, config=REG)
+    c = _claim(tmp_path, "b")
     assert c["verdict"] == "holds"
-    assert c["comparisons"][0]["estimate"]["mean"] == pytest.approx(0.5)
+    # make_run logs train_loss / epoch: epoch 1 holds the values above, the last epoch a third of them
+    assert c["primary"]["estimate"]["mean"] == pytest.approx((0.5 + 0.5 + 0.45) / 3)
 
 
-def _width_groups(root, cs_small):
-    for w, accs in ((0.5, [0.70, 0.71, 0.69]), (1.0, [0.80, 0.81, 0.79])):
+# ---------------------------------------------------------------- (c) smaller models
+
+SMALL = ClaimDesign(cs="cnn1-w0.5-cs-reg-b0.01", baseline="cnn1-w0.5-baseline", larger_baseline="cnn1-w1-baseline")
+
+
+def _width_groups(root, cs_small, larger=(0.80, 0.81, 0.79)):
+    for w, accs in ((0.5, [0.70, 0.71, 0.69]), (1.0, list(larger))):
         make_group(root, f"cnn1-w{w:g}-baseline", {"test_acc": accs}, studies=("width",), config={"width": w})
-    make_group(root, "cnn1-w0.5-cs-reg", {"test_acc": cs_small}, studies=("width",),
-               config={"width": 0.5, "beta": 0.01})
+    make_group(
+        root, "cnn1-w0.5-cs-reg-b0.01", {"test_acc": cs_small}, studies=("width",), config={"width": 0.5, "beta": 0.01}
+    )
 
 
 def test_smaller_model_claim_holds_when_cs_small_reaches_larger_baseline(tmp_path):
-    _width_groups(tmp_path, [0.81, 0.82, 0.80])
-    groups = report.group_runs(report.load_runs(tmp_path))
-    assert report.claim_smaller(groups, 100.0)["verdict"] == "holds"
-    _, found = report.smaller_models(groups, 100.0)
+    _width_groups(tmp_path, [0.811, 0.818, 0.802])
+    c = _claim(tmp_path, "c", SMALL)
+    assert c["verdict"] == "holds" and c["primary"]["kind"] == "non-inferiority"
+    _, found = smaller_models(_groups(tmp_path), 100.0)
     assert found[0]["smallest_width"] == 0.5
 
 
 def test_smaller_model_claim_fails_when_cs_small_stays_below(tmp_path):
-    _width_groups(tmp_path, [0.72, 0.73, 0.71])
-    groups = report.group_runs(report.load_runs(tmp_path))
-    assert report.claim_smaller(groups, 100.0)["verdict"] == "does not hold"
-    assert report.smaller_models(groups, 100.0)[1][0]["smallest_width"] is None
+    _width_groups(tmp_path, [0.72, 0.735, 0.71])
+    assert _claim(tmp_path, "c", SMALL)["verdict"] == "does not hold"
+    assert smaller_models(_groups(tmp_path), 100.0)[1][0]["smallest_width"] is None
 
 
-def test_orthogonality_claim_holds_when_so_lowers_kernel_but_not_feature_maps(tmp_path):
-    make_group(tmp_path, "cnn1-baseline", {"kernel_cosine": [0.30, 0.31, 0.29], "fm": [0.60, 0.61, 0.59]})
-    make_group(tmp_path, "cnn1-so", {"kernel_cosine": [0.05, 0.06, 0.04], "fm": [0.58, 0.59, 0.57],
-                                     "fmc": [0.40, 0.41, 0.39]}, config={"penalty": "so", "penalty_weight": 0.01})
-    make_group(tmp_path, "cnn1-cs-reg", {"kernel_cosine": [0.2, 0.2, 0.2], "fm": [0.30, 0.31, 0.29],
-                                         "fmc": [0.20, 0.21, 0.19]}, config={"beta": 0.01})
-    c = report.claim_orthogonality(report.group_runs(report.load_runs(tmp_path)), 100.0)
+def test_smaller_model_claim_not_tested_when_larger_baseline_is_not_better(tmp_path):
+    """Without a width gap there is nothing for CS to close: the primary would hold, yet is not tested."""
+    _width_groups(tmp_path, [0.70, 0.715, 0.695], larger=(0.70, 0.712, 0.69))
+    c = _claim(tmp_path, "c", SMALL)
+    assert c["verdict"] == "not tested" == c["primary"]["verdict"]
+    assert c["primary"]["p"] < 0.05  # the non-inferiority test itself rejects
+    assert any("width gap" in line for line in c["evidence"])
+
+
+# ---------------------------------------------------------------- (d) orthogonality at matched strength
+
+
+def _ortho_groups(root, so_accs=(None, None)):
+    """Baseline, SO at penalty_beta 0.01 and 0.1, CS-reg at beta 0.01 and 0.1 (the latter losing accuracy)."""
+    near = lambda d: [b + x for b, x in zip(BASE, d, strict=True)]  # noqa: E731
+    make_group(root, B, {"test_acc": BASE, "fm": [0.60, 0.61, 0.59], "kernel_cosine": [0.30, 0.31, 0.29]})
+    for pb, fm, acc in ((0.01, [0.59, 0.60, 0.58], so_accs[0]), (0.1, [0.57, 0.58, 0.565], so_accs[1])):
+        make_group(
+            root,
+            f"cnn1-w1-so-p{pb:g}",
+            {"test_acc": acc or near((0.001, 0.0, 0.001)), "fm": fm, "kernel_cosine": [0.05, 0.06, 0.04]},
+            config={"penalty": "so", "penalty_beta": pb},
+        )
+    make_group(
+        root,
+        "cnn1-w1-cs-reg-b0.01",
+        {"test_acc": near((0.001, 0.001, 0.0)), "fm": [0.40, 0.41, 0.39]},
+        config={"beta": 0.01},
+    )
+    make_group(
+        root, "cnn1-w1-cs-reg-b0.1", {"test_acc": [0.70, 0.71, 0.69], "fm": [0.20, 0.21, 0.19]}, config={"beta": 0.1}
+    )
+
+
+def test_matched_setting_is_the_strongest_non_inferior_in_accuracy(tmp_path):
+    _ortho_groups(tmp_path)
+    assert matched_settings(_groups(tmp_path), ClaimDesign()) == {
+        "cs-reg": "cnn1-w1-cs-reg-b0.01",
+        "so": "cnn1-w1-so-p0.1",
+    }
+
+
+def test_orthogonality_claim_compares_the_matched_settings(tmp_path):
+    _ortho_groups(tmp_path)
+    c = _claim(tmp_path, "d")
+    # fm(SO at 0.1) − fm(CS-reg at 0.01), per seed
+    assert c["primary"]["estimate"]["mean"] == pytest.approx(np.mean([0.17, 0.17, 0.175]))
+    assert c["primary"]["metric"] == "fm_similarity"
     assert c["verdict"] == "holds"
-    assert len(c["comparisons"]) == 2  # uncentred and centred
 
 
-def test_orthogonality_claim_not_tested_when_penalty_does_not_lower_kernel_cosine(tmp_path):
-    make_group(tmp_path, "cnn1-baseline", {"kernel_cosine": [0.30, 0.31, 0.29]})
-    make_group(tmp_path, "cnn1-so", {"kernel_cosine": [0.30, 0.32, 0.29]},
-               config={"penalty": "so", "penalty_weight": 0.01})
-    make_group(tmp_path, "cnn1-cs-reg", {"fm": [0.3, 0.31, 0.29]}, config={"beta": 0.01})
-    assert report.claim_orthogonality(report.group_runs(report.load_runs(tmp_path)), 100.0)["verdict"] == "not tested"
+def test_orthogonality_claim_not_tested_when_no_penalty_setting_keeps_accuracy(tmp_path):
+    _ortho_groups(tmp_path, so_accs=([0.70, 0.71, 0.69], [0.60, 0.61, 0.59]))
+    groups = _groups(tmp_path)
+    assert matched_settings(groups, ClaimDesign())["so"] is None
+    assert _claim(tmp_path, "d")["verdict"] == "not tested"
+
+
+def test_strongest_within_margin_leaves_out_collapsed_groups(tmp_path):
+    """At chance-level accuracy (10 synthetic classes) every group is non-inferior to a collapsed baseline,
+    yet none is matched: their networks did not train."""
+    make_group(tmp_path, B, {"test_acc": [0.10, 0.11, 0.09]})
+    make_group(tmp_path, CS, {"test_acc": [0.10, 0.11, 0.09]}, config=REG)
+    groups = _groups(tmp_path)
+    assert strongest_within_margin([groups[CS]], groups[B]) is None
+
+
+# ---------------------------------------------------------------- (e) momentum
+
+
+def _momentum_groups(root):
+    mom = {"momentum": 0.9, "lr": 0.001}  # the same step size as lr 0.01 without momentum
+    make_group(root, B, {"test_acc": BASE})
+    make_group(root, CS, {"test_acc": [0.85, 0.86, 0.84]}, config=REG)
+    make_group(root, f"{B}-m0.9", {"test_acc": [0.82, 0.83, 0.81]}, studies=("momentum",), config=mom)
+    make_group(root, f"{CS}-m0.9", {"test_acc": [0.82, 0.825, 0.815]}, studies=("momentum",), config={**mom, **REG})
 
 
 def test_momentum_claim_not_tested_without_momentum_runs(tmp_path):
-    make_group(tmp_path, "cnn1-baseline", {"test_acc": [0.8, 0.8, 0.8]})
-    c = report.claim_momentum(report.group_runs(report.load_runs(tmp_path)), 100.0)
-    assert c["verdict"] == "not tested"
+    make_group(tmp_path, B, {"test_acc": BASE})
+    make_group(tmp_path, CS, {"test_acc": [0.85, 0.86, 0.84]}, config=REG)
+    assert _claim(tmp_path, "e")["verdict"] == "not tested"
 
 
 def test_momentum_claim_holds_when_gain_vanishes_under_momentum(tmp_path):
-    make_group(tmp_path, "cnn1-baseline", {"test_acc": [0.80, 0.81, 0.79]})
-    make_group(tmp_path, "cnn1-cs-init", {"test_acc": [0.85, 0.86, 0.84]}, init_steps=3)
-    mom = {"momentum": 0.9, "lr": 0.001}  # the same step size as lr 0.01 without momentum
-    make_group(tmp_path, "cnn1-baseline-m", {"test_acc": [0.82, 0.83, 0.81]}, studies=("momentum",), config=mom)
-    make_group(tmp_path, "cnn1-cs-init-m", {"test_acc": [0.82, 0.825, 0.815]}, studies=("momentum",),
-               config=mom, init_steps=3)
-    c = report.claim_momentum(report.group_runs(report.load_runs(tmp_path)), 100.0)
+    _momentum_groups(tmp_path)
+    c = _claim(tmp_path, "e")
     assert c["verdict"] == "holds"
-    assert c["comparisons"][0]["estimate"]["mean"] == pytest.approx(0.05)
+    assert c["primary"]["estimate"]["mean"] == pytest.approx(0.05)
 
 
-# ---------------------------------------------------------------- runs, groups, report
+def test_momentum_secondary_pairs_another_cs_method_with_its_no_momentum_twin(tmp_path):
+    _momentum_groups(tmp_path)
+    make_group(tmp_path, "cnn1-w1-cs-init-I5", {"test_acc": [0.83, 0.84, 0.82]}, init_steps=5)
+    make_group(
+        tmp_path,
+        "cnn1-w1-cs-init-I5-m0.9",
+        {"test_acc": [0.83, 0.84, 0.82]},
+        init_steps=5,
+        studies=("momentum",),
+        config={"momentum": 0.9, "lr": 0.001},
+    )
+    (sec,) = _claim(tmp_path, "e")["comparisons"]
+    # (cs-init − baseline) − (cs-init_m − baseline_m) = 0.03 − 0.01
+    assert sec["estimate"]["mean"] == pytest.approx(0.02)
+
+
+# ---------------------------------------------------------------- runs and groups
+
 
 def test_incomplete_runs_are_not_aggregated(tmp_path):
     make_run(tmp_path, "cnn1-baseline-s0", seed=0)
     make_run(tmp_path, "cnn1-baseline-s1", seed=1, complete=False)
-    groups = report.group_runs(report.load_runs(tmp_path))
+    groups = _groups(tmp_path)
     assert [r.seed for r in groups["cnn1-baseline"].runs] == [0]
 
 
@@ -254,19 +435,53 @@ def test_final_accuracy_prefers_summary_over_last_epoch(tmp_path):
     s = json.loads((d / "summary.json").read_text())
     s["test_acc"] = 0.7  # e.g. an early-stopping checkpoint restored at the end
     atomic_write_json(d / "summary.json", s)
-    assert report.read_run(d).final("test_acc") == 0.7
-    assert report.read_run(d).final("cs") == pytest.approx(10.0 * (1 + 1 / 3))
+    assert read_run(d).final("test_acc") == 0.7
+    assert read_run(d).final("cs") == pytest.approx(10.0 * (1 + 1 / 3))
 
 
 def test_infer_method_from_config():
-    assert report.infer_method({"beta": 0.0, "init_iters": 0}) == "baseline"
-    assert report.infer_method({"beta": 0.01, "init_iters": 500}) == "cs-init+reg"
-    assert report.infer_method({"penalty": "ocnn", "penalty_weight": 0.1}) == "ocnn"
+    assert infer_method({"beta": 0.0, "init_iters": 0}) == "baseline"
+    assert infer_method({"beta": 0.01, "init_iters": 500}) == "cs-init+reg"
+    assert infer_method({"beta": 0.01, "init_iters": 0, "cs_mode": "decoupled"}) == "cs-decoupled"
+    assert infer_method({"penalty": "ocnn", "penalty_beta": 0.1}) == "ocnn"
+    assert infer_method({"penalty": "ocnn", "penalty_beta": 0.0}) == "baseline"
+
+
+def test_run_stored_with_the_legacy_penalty_weight_key_keeps_its_method_and_strength(tmp_path):
+    """summary.json of runs trained before the rename says penalty_weight (TrainConfig's LEGACY_FIELDS)."""
+    for s in range(2):
+        d = make_run(tmp_path, f"cnn1-so-s{s}", seed=s, spec=False, config={"penalty": "so", "penalty_beta": 0.1})
+        summary = json.loads((d / "summary.json").read_text())
+        summary["config"]["penalty_weight"] = summary["config"].pop("penalty_beta")
+        atomic_write_json(d / "summary.json", summary)
+    assert read_run(tmp_path / "cnn1-so-s0").method == "so"
+    g = _groups(tmp_path)["cnn1-so"]
+    assert strength(g) == 0.1 and method_label(g) == "so β=0.1"
 
 
 def test_load_runs_rejects_missing_folder(tmp_path):
     with pytest.raises(ValueError, match="not a directory"):
-        report.load_runs(tmp_path / "nope")
+        load_runs(tmp_path / "nope")
+
+
+def test_iters_series_start_at_the_shared_baseline(tmp_path):
+    make_group(tmp_path, "cnn1-baseline", {"test_acc": [0.80, 0.81]}, studies=("iters",))
+    make_group(tmp_path, "cnn1-cs-init-I5", {"test_acc": [0.7, 0.7]}, studies=("iters",), init_steps=5)
+    make_group(
+        tmp_path,
+        "cnn1-cs-init-I5-norm",
+        {"test_acc": [0.9, 0.9]},
+        studies=("iters",),
+        init_steps=5,
+        config={"cs_normalize": True},
+    )
+    series = iters_series(_groups(tmp_path))
+    assert len(series) == 2
+    for by_i in series.values():
+        assert list(by_i) == [0.0, 5.0] and by_i[0.0].name == "cnn1-baseline"
+
+
+# ---------------------------------------------------------------- the report
 
 
 def _fake_overlap(calls):
@@ -277,35 +492,99 @@ def _fake_overlap(calls):
     return analysis, lambda res: f"fake overlap over {res['runs']} runs, r = {res['pearson_r']}\n"
 
 
-def _suite_like(root):
+def _suite_like(root, full=True):
+    """Two seeds per configuration; ``full`` gives every report section data, else only the main study."""
     runs = root / "runs"
-    make_group(runs, "cnn1-baseline", {"test_acc": [0.80, 0.81]}, studies=("main", "iters", "width"))
-    make_group(runs, "cnn1-cs-init", {"test_acc": [0.83, 0.84]}, studies=("main", "iters"), init_steps=4)
-    make_group(runs, "cnn1-cs-reg", {"test_acc": [0.82, 0.84]}, config={"beta": 0.01}, studies=("main", "width"))
-    make_group(runs, "cnn2-baseline", {"test_acc": [0.85, 0.86]}, config={"model": "cnn2"})
-    make_group(runs, "resnet18-baseline", {"test_acc": [0.6, 0.62]}, config={"model": "resnet18"},
-               studies=("resnet",))
-    make_group(runs, "cnn1-es-cwnnk", {"test_acc": [0.78, 0.8]}, config={"early_stop": "cwnnk"},
-               studies=("early_stop",))
+    kn = {"kernel_norm": 2.0} if full else {}
+    make_group(runs, B, {"test_acc": [0.80, 0.81]}, studies=("main", "iters", "width") if full else ("main",), **kn)
+    make_group(
+        runs, CS, {"test_acc": [0.82, 0.84]}, config=REG, studies=("main", "width", "beta") if full else ("main",), **kn
+    )
+    make_group(runs, "cnn2-w1-baseline", {"test_acc": [0.85, 0.86]}, config={"model": "cnn2"})
+    if not full:
+        return
+    make_group(runs, "cnn1-w1-cs-init-I4", {"test_acc": [0.83, 0.84]}, studies=("main", "iters"), init_steps=4)
+    make_group(runs, "cnn1-w1-so", {"test_acc": [0.80, 0.815]}, config={"penalty": "so", "penalty_beta": 0.05}, **kn)
+    make_group(runs, "cnn1-w0.5-baseline", {"test_acc": [0.70, 0.72]}, config={"width": 0.5}, studies=("width",))
+    make_group(
+        runs, "cnn1-w0.5-cs-reg-b0.01", {"test_acc": [0.81, 0.82]}, config={"width": 0.5, **REG}, studies=("width",)
+    )
+    make_group(runs, "resnet18-baseline", {"test_acc": [0.6, 0.62]}, config={"model": "resnet18"}, studies=("resnet",))
+    make_group(
+        runs, f"{B}-m0.9", {"test_acc": [0.8, 0.81]}, config={"momentum": 0.9, "lr": 0.001}, studies=("momentum",)
+    )
+    for es in ("cwnnk", "validation"):
+        make_group(runs, f"{B}-es-{es}", {"test_acc": [0.78, 0.8]}, config={"early_stop": es}, studies=("early_stop",))
+
+
+def _touch_checkpoints(root):
+    """Stand-ins for the weights the overlap analysis reads (the fake analysis never opens them)."""
+    for d in (root / "runs").iterdir():
+        (d / "checkpoint.pt").write_bytes(b"")
+
+
+def _headings(md):
+    return [line[3:] for line in md.splitlines() if line.startswith("## ")]
+
+
+# Sections that only appear when the suite has their data (the others always do).
+OPTIONAL = {
+    "Figure 4: ResNet18",
+    "Figure 5: test accuracy versus initialisation iterations",
+    "Claim (d) at matched strength",
+    "Shrinkage or decorrelation",
+    "Smaller models",
+    "Regularisation strength",
+    "Momentum",
+    "Early stopping",
+}
+
+
+def test_optional_sections_are_sections_of_the_report():
+    assert OPTIONAL.issubset({s.heading for s in report.SECTIONS}) and len(OPTIONAL) < len(report.SECTIONS)
 
 
 def test_write_report_has_every_section_figure_and_data_file(tmp_path):
     _suite_like(tmp_path)
+    _touch_checkpoints(tmp_path)
     calls = []
-    res = report.write_report(tmp_path, suite="synthetic", overlap={"k": 5}, overlap_fns=_fake_overlap(calls))
+    design = ClaimDesign(larger_baseline="cnn1-w0.5-baseline")
+    res = report.write_report(
+        tmp_path, suite="synthetic", overlap={"k": 5}, overlap_fns=_fake_overlap(calls), design=design
+    )
     md = (tmp_path / "report.md").read_text()
-    for header in report.SECTIONS:
-        assert f"\n{header}\n" in md, header
-    for name in report.FIGURES.values():
+    assert _headings(md) == [s.heading for s in report.SECTIONS]  # each once, in order
+    for name in FIGURES.values():
         png = tmp_path / "figures" / name
         assert png.read_bytes()[:4] == b"\x89PNG" and f"figures/{name}" in md
-    assert "fake overlap over 8 runs" in md and calls[0][1] == {"k": 5}
-    assert {c["id"] for c in res["claims"]} == set("abcde")
-    assert json.loads((tmp_path / "results.json").read_text())["suite"] == "synthetic"
+    specs = [json.loads((p / "spec.json").read_text()) for p in (tmp_path / "runs").iterdir()]
+    n_main = sum("main" in spec["studies"] for spec in specs)
+    assert f"fake overlap over {n_main} runs" in md and calls[0][1] == {"k": 5}
+    assert [c["id"] for c in res["claims"]] == list("abcde")
+    stored = json.loads((tmp_path / "results.json").read_text())
+    assert stored["suite"] == "synthetic" and stored["design"] == design.as_dict()
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
-    base = next(r for r in rows if r["group"] == "cnn1-baseline")
+    base = next(r for r in rows if r["group"] == B)
     assert float(base["test_acc_mean"]) == pytest.approx(0.805)
     assert int(base["test_acc_n"]) == 2
+    so = next(r for r in rows if r["group"] == "cnn1-w1-so")
+    assert (so["method"], float(so["penalty_beta"])) == ("so", 0.05)
+
+
+def test_sections_without_data_are_left_out(tmp_path):
+    _suite_like(tmp_path, full=False)
+    report.write_report(tmp_path, overlap={"skip": True})
+    headings = _headings((tmp_path / "report.md").read_text())
+    assert headings == [s.heading for s in report.SECTIONS if s.heading not in OPTIONAL]
+
+
+def test_report_states_each_claims_verdict(tmp_path):
+    _suite_like(tmp_path, full=False)
+    res = report.write_report(tmp_path, overlap={"skip": True})
+    md = (tmp_path / "report.md").read_text()
+    claims_part = md.split("<!-- claims:start -->")[1].split("<!-- claims:end -->")[0]
+    for c in res["claims"]:
+        assert f"**({c['id']}) {c['claim']}** — {c['verdict']}." in claims_part
 
 
 def test_report_numbers_are_computed_from_the_runs(tmp_path):
@@ -317,7 +596,8 @@ def test_report_numbers_are_computed_from_the_runs(tmp_path):
 
 
 def test_overlap_result_is_cached_between_reports(tmp_path):
-    _suite_like(tmp_path)
+    _suite_like(tmp_path, full=False)
+    _touch_checkpoints(tmp_path)
     calls = []
     fns = _fake_overlap(calls)
     report.write_report(tmp_path, overlap_fns=fns)
@@ -325,22 +605,37 @@ def test_overlap_result_is_cached_between_reports(tmp_path):
     assert len(calls) == 1
 
 
-def test_iters_series_start_at_the_shared_baseline(tmp_path):
-    make_group(tmp_path, "cnn1-baseline", {"test_acc": [0.80, 0.81]}, studies=("iters",))
-    make_group(tmp_path, "cnn1-cs-init-I5", {"test_acc": [0.7, 0.7]}, studies=("iters",), init_steps=5)
-    make_group(tmp_path, "cnn1-cs-init-I5-norm", {"test_acc": [0.9, 0.9]}, studies=("iters",), init_steps=5,
-               config={"cs_normalize": True})
-    series = report.iters_series(report.group_runs(report.load_runs(tmp_path)))
-    assert len(series) == 2
-    for by_i in series.values():
-        assert list(by_i) == [0.0, 5.0] and by_i[0.0].name == "cnn1-baseline"
+def test_overlap_cache_is_invalidated_when_a_run_changes(tmp_path):
+    _suite_like(tmp_path, full=False)
+    _touch_checkpoints(tmp_path)
+    calls = []
+    fns = _fake_overlap(calls)
+    report.write_report(tmp_path, overlap_fns=fns)
+    p = tmp_path / "runs" / f"{B}-s0" / "summary.json"
+    s = json.loads(p.read_text())
+    s["test_acc"] = 0.5
+    atomic_write_json(p, s)
+    report.write_report(tmp_path, overlap_fns=fns)
+    assert len(calls) == 2
+
+
+def test_overlap_without_checkpoints_or_cache_says_so_and_does_not_run(tmp_path):
+    _suite_like(tmp_path, full=False)
+    calls = []
+    res = report.write_report(tmp_path, overlap_fns=_fake_overlap(calls))
+    md = (tmp_path / "report.md").read_text()
+    assert calls == [] and res["overlap"] is None
+    assert "checkpoints are missing" in md.split("## Channel-wise NNK overlap")[1]
 
 
 def test_include_limits_the_report_to_named_runs(tmp_path):
     _suite_like(tmp_path)
-    res = report.write_report(tmp_path, overlap={"skip": True}, include=["cnn1-baseline-s0", "cnn1-baseline-s1"])
-    assert [g["group"] for g in res["groups"]] == ["cnn1-baseline"]
+    res = report.write_report(tmp_path, overlap={"skip": True}, include=[f"{B}-s0", f"{B}-s1"])
+    assert [g["group"] for g in res["groups"]] == [B]
     assert "resnet18-baseline-s0" in res["ignored"]
+
+
+# ---------------------------------------------------------------- figures
 
 
 class _CurveRun:
@@ -358,8 +653,6 @@ class _CurveRun:
 
 def test_log_curve_is_geometric_mean_with_a_log_scale_interval():
     """Three seeds at one point: exp(mean log), exp(mean log -/+ t s/sqrt n); always positive."""
-    from convsim.reporting.figures import curve
-
     vals = [1e-4, 1e-1, 2.0]  # an arithmetic CI would reach far below zero
     _, m, lo, hi = curve([_CurveRun([v]) for v in vals], "cs", log=True)
     logs = np.log(vals)
@@ -371,7 +664,5 @@ def test_log_curve_is_geometric_mean_with_a_log_scale_interval():
 
 
 def test_log_curve_leaves_non_positive_points_out():
-    from convsim.reporting.figures import curve
-
     _, m, lo, hi = curve([_CurveRun([1.0, 0.0]), _CurveRun([2.0, 1.0])], "cs", log=True)
     assert m[0] == pytest.approx(math.sqrt(2)) and all(math.isnan(v) for v in (m[1], lo[1], hi[1]))

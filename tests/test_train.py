@@ -3,6 +3,7 @@
 Runs are tiny (cnn1, 256 synthetic training images, one thread) so the file stays fast; runs that
 several tests read are module fixtures.
 """
+
 import argparse
 import json
 import math
@@ -11,25 +12,94 @@ import pytest
 import torch
 from torch import nn
 
-from convsim.cli import train as train_cli
-from convsim.training import loop as T
-from convsim.training.distributed import DistEnv
+from convsim import data
 from convsim._internal.files import read_jsonl
+from convsim.cli import train as train_cli
+from convsim.training import loop
+from convsim.training.checkpoint import FINAL_STATUSES, STATUSES, is_finished
+from convsim.training.config import (
+    CONFIG_FIELDS,
+    LEGACY_FIELDS,
+    TrainConfig,
+    add_arguments,
+    config_from_args,
+    config_from_dict,
+    normalize_config_dict,
+    to_argv,
+)
+from convsim.training.data import load_data, validation_split
+from convsim.training.distributed import DistEnv
+from convsim.training.early_stopping import ChannelFreezer, ValidationEarlyStopping
+from convsim.training.errors import ConfigError
+from convsim.training.evaluation import evaluate
+from convsim.training.loop import load_run, train
+from convsim.training.optim import lr_factor
 
-METRIC_KEYS = {"epoch", "lr", "train_loss", "train_acc", "reg_loss", "train_samples", "test_loss", "test_acc", "cs", "kernel_cosine",
-               "fm_similarity", "fm_similarity_centered", "fm_effective_rank", "seconds", "cs_normalized",
-               "kernel_norm", "order_sha256"}
-SUMMARY_KEYS = {"status", "epochs_run", "delivered_epoch", "config", "seed", "versions", "git", "device",
-                "world_size", "threads", "wall_time", "initial", "final", "best_test_acc", "best_test_epoch",
-                "early_stop", "test_acc", "test_loss", "train_acc", "train_loss", "cs", "kernel_cosine",
-                "fm_similarity", "fm_similarity_centered"}
+METRIC_KEYS = {
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "reg_loss",
+    "train_samples",
+    "test_loss",
+    "test_acc",
+    "cs",
+    "kernel_cosine",
+    "fm_similarity",
+    "fm_similarity_centered",
+    "fm_effective_rank",
+    "seconds",
+    "cs_normalized",
+    "kernel_norm",
+    "order_sha256",
+}
+SUMMARY_KEYS = {
+    "status",
+    "epochs_run",
+    "delivered_epoch",
+    "config",
+    "seed",
+    "versions",
+    "git",
+    "device",
+    "world_size",
+    "threads",
+    "wall_time",
+    "initial",
+    "final",
+    "best_test_acc",
+    "best_test_epoch",
+    "early_stop",
+    "test_acc",
+    "test_loss",
+    "train_acc",
+    "train_loss",
+    "cs",
+    "kernel_cosine",
+    "fm_similarity",
+    "fm_similarity_centered",
+}
 
 
-def make_config(out, **kw) -> T.TrainConfig:
-    base = dict(model="cnn1", dataset="synthetic", train_subset=256, test_subset=128, batch_size=32, fm_batch=64,
-                epochs=2, optimizer="adam", lr=3e-3, device="cpu", threads=1, verbose=False, out=str(out))
+def make_config(out, **kw) -> TrainConfig:
+    base = dict(
+        model="cnn1",
+        dataset="synthetic",
+        train_subset=256,
+        test_subset=128,
+        batch_size=32,
+        fm_batch=64,
+        epochs=2,
+        optimizer="adam",
+        lr=3e-3,
+        device="cpu",
+        threads=1,
+        verbose=False,
+        out=str(out),
+    )
     base.update(kw)
-    return T.TrainConfig(**base)
+    return TrainConfig(**base)
 
 
 def without_seconds(records):
@@ -50,7 +120,7 @@ def assert_same_state(a: dict, b: dict):
 def straight(tmp_path_factory):
     """Two epochs in one go: the reference for the resume and interruption tests."""
     out = tmp_path_factory.mktemp("straight")
-    summary = T.train(make_config(out))
+    summary = train(make_config(out))
     return out, summary
 
 
@@ -58,7 +128,7 @@ def straight(tmp_path_factory):
 def finished(tmp_path_factory):
     """Three epochs with a 3-step CS initialisation and the CS regulariser."""
     out = tmp_path_factory.mktemp("finished")
-    summary = T.train(make_config(out, epochs=3, init_iters=3, beta=1e-3))
+    summary = train(make_config(out, epochs=3, init_iters=3, beta=1e-3))
     return out, summary
 
 
@@ -78,7 +148,7 @@ def test_metrics_lines_have_documented_keys(finished):
     records = read_jsonl(out / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2, 3]
     for r in records:
-        assert METRIC_KEYS <= r.keys()
+        assert r.keys() >= METRIC_KEYS
         assert all(math.isfinite(r[k]) for k in METRIC_KEYS - {"kernel_norm", "order_sha256"})
         assert all(math.isfinite(v) for v in r["kernel_norm"].values())
 
@@ -87,9 +157,9 @@ def test_summary_has_documented_keys(finished):
     """summary.json: documented keys, status complete, the config round-trips, versions recorded."""
     out, summary = finished
     on_disk = json.loads((out / "summary.json").read_text())
-    assert SUMMARY_KEYS <= on_disk.keys()
+    assert on_disk.keys() >= SUMMARY_KEYS
     assert on_disk["status"] == "complete" and on_disk["epochs_run"] == 3
-    assert T.TrainConfig(**on_disk["config"]) == make_config(out, epochs=3, init_iters=3, beta=1e-3)
+    assert TrainConfig(**on_disk["config"]) == make_config(out, epochs=3, init_iters=3, beta=1e-3)
     assert {"torch", "numpy", "python", "convsim"} <= on_disk["versions"].keys()
     assert on_disk["test_acc"] == read_jsonl(out / "metrics.jsonl")[-1]["test_acc"] == summary["test_acc"]
 
@@ -114,37 +184,37 @@ def test_init_file_records_every_step(finished):
 def test_load_run_reconstructs_the_model(finished):
     """load_run's model reproduces the run's final test accuracy and loss exactly."""
     out, summary = finished
-    model, config, loaded = T.load_run(out)
+    model, config, loaded = load_run(out)
     assert config.epochs == 3 and loaded["status"] == "complete"
-    d = T.load_data(config, torch.device("cpu"), torch.contiguous_format)
-    res = T.evaluate(model, d["test_x"], d["test_y"], config, DistEnv())
+    d = load_data(config, torch.device("cpu"), torch.contiguous_format)
+    res = evaluate(model, d["test_x"], d["test_y"], config, DistEnv())
     assert res["test_acc"] == summary["test_acc"]
     assert res["test_loss"] == pytest.approx(summary["test_loss"], rel=1e-6)
 
 
 def test_load_run_rejects_a_folder_without_a_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="summary.json is missing"):
-        T.load_run(tmp_path)
+        load_run(tmp_path)
 
 
 def test_beta_lowers_cs(tmp_path, straight):
     """The CS regulariser (large beta) ends with lower all-pairs CS than plain training, same seed."""
     _, plain = straight
-    summary = T.train(make_config(tmp_path, beta=1.0))
+    summary = train(make_config(tmp_path, beta=1.0))
     assert summary["cs"] < plain["cs"]
 
 
 @pytest.mark.parametrize("penalty", ["so", "decov"])
 def test_penalty_enters_the_loss(tmp_path, penalty):
     """A baseline penalty (weight-based or activation-based) is added: reg_loss > 0."""
-    summary = T.train(make_config(tmp_path, epochs=1, penalty=penalty, penalty_weight=0.1))
+    summary = train(make_config(tmp_path, epochs=1, penalty=penalty, penalty_beta=0.1))
     assert summary["final"]["reg_loss"] > 0
 
 
 def test_channels_last_matches_contiguous(tmp_path, straight):
     """channels_last changes the memory layout, not the training: metrics agree to float tolerance."""
     _, ref = straight
-    got = T.train(make_config(tmp_path, epochs=1, channels_last=True))
+    got = train(make_config(tmp_path, epochs=1, channels_last=True))
     first = read_jsonl(straight[0] / "metrics.jsonl")[0]
     assert got["final"]["train_loss"] == pytest.approx(first["train_loss"], rel=1e-4)
     assert got["final"]["cs"] == pytest.approx(first["cs"], rel=1e-4)
@@ -152,7 +222,7 @@ def test_channels_last_matches_contiguous(tmp_path, straight):
 
 def test_bf16_autocast_trains(tmp_path):
     """bf16 autocast runs end to end with finite losses."""
-    summary = T.train(make_config(tmp_path, epochs=1, bf16=True))
+    summary = train(make_config(tmp_path, epochs=1, bf16=True))
     assert math.isfinite(summary["train_loss"]) and math.isfinite(summary["test_loss"])
 
 
@@ -162,17 +232,18 @@ def test_bf16_autocast_trains(tmp_path):
 def test_resume_is_bit_identical(tmp_path, straight):
     """1 epoch + resume + 1 epoch gives the same metrics (but seconds) and weights as 2 epochs straight."""
     ref_out, _ = straight
-    T.train(make_config(tmp_path, epochs=1))
-    T.train(make_config(tmp_path, epochs=2, resume=True))
+    train(make_config(tmp_path, epochs=1))
+    train(make_config(tmp_path, epochs=2, resume=True))
     assert without_seconds(read_jsonl(tmp_path / "metrics.jsonl")) == without_seconds(
-        read_jsonl(ref_out / "metrics.jsonl"))
+        read_jsonl(ref_out / "metrics.jsonl")
+    )
     assert_same_state(checkpoint_model(tmp_path), checkpoint_model(ref_out))
 
 
 def test_interrupted_run_resumes_exactly(tmp_path, straight, monkeypatch):
     """Ctrl-C mid-epoch 2 keeps checkpoint and metrics at epoch 1; resuming matches the straight run."""
     ref_out, _ = straight
-    real_step, calls = T.train_step, []
+    real_step, calls = loop.train_step, []
 
     def interrupting_step(*args, **kwargs):
         calls.append(1)
@@ -180,25 +251,46 @@ def test_interrupted_run_resumes_exactly(tmp_path, straight, monkeypatch):
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(T, "train_step", interrupting_step)
+    monkeypatch.setattr(loop, "train_step", interrupting_step)
     with pytest.raises(KeyboardInterrupt):
-        T.train(make_config(tmp_path))
+        train(make_config(tmp_path))
     assert [r["epoch"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1]
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "interrupted"
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
-    monkeypatch.setattr(T, "train_step", real_step)
-    T.train(make_config(tmp_path, resume=True))
+    monkeypatch.setattr(loop, "train_step", real_step)
+    train(make_config(tmp_path, resume=True))
     assert without_seconds(read_jsonl(tmp_path / "metrics.jsonl")) == without_seconds(
-        read_jsonl(ref_out / "metrics.jsonl"))
+        read_jsonl(ref_out / "metrics.jsonl")
+    )
     assert_same_state(checkpoint_model(tmp_path), checkpoint_model(ref_out))
+
+
+def test_failed_run_records_the_error_and_removes_penalty_hooks(tmp_path, monkeypatch):
+    """An exception mid-run: summary.json says "failed" with the error, the checkpoint stays at the last epoch."""
+    real_step, calls, penalties = loop.train_step, [], []
+
+    def failing_step(net, xb, yb, optimizer, regularisers, *args, **kwargs):
+        penalties.extend(r for r in regularisers if r not in penalties)
+        calls.append(1)
+        if len(calls) == 8 + 1:  # the first step of epoch 2
+            raise RuntimeError("boom")
+        return real_step(net, xb, yb, optimizer, regularisers, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "train_step", failing_step)
+    with pytest.raises(RuntimeError, match="boom"):
+        train(make_config(tmp_path, penalty="decov", penalty_beta=0.1))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["status"], summary["error"], summary["epochs_run"]) == ("failed", "RuntimeError: boom", 1)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert [type(r).__name__ for r in penalties] == ["Penalty"] and penalties[0]._handles == []
 
 
 def test_resume_drops_metrics_lines_beyond_the_checkpoint(tmp_path):
     """A metrics line without a checkpoint behind it (torn write) is dropped on resume."""
-    T.train(make_config(tmp_path, epochs=1))
+    train(make_config(tmp_path, epochs=1))
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"epoch": 2, "stale": True}) + "\n")
-    T.train(make_config(tmp_path, epochs=2, resume=True))
+    train(make_config(tmp_path, epochs=2, resume=True))
     records = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["epoch"] for r in records] == [1, 2] and "stale" not in records[1]
 
@@ -207,41 +299,81 @@ def test_resume_of_a_finished_run_does_nothing(straight):
     """Resuming a complete run with the same epochs trains nothing and returns its summary."""
     out, summary = straight
     before = (out / "metrics.jsonl").read_text(), (out / "checkpoint.pt").stat().st_mtime_ns
-    again = T.train(make_config(out, resume=True))
+    again = train(make_config(out, resume=True))
     assert again == json.loads((out / "summary.json").read_text())
     assert again["epochs_run"] == summary["epochs_run"] and again["test_acc"] == summary["test_acc"]
     assert ((out / "metrics.jsonl").read_text(), (out / "checkpoint.pt").stat().st_mtime_ns) == before
 
 
 def test_existing_run_needs_resume(straight):
-    with pytest.raises(T.ConfigError, match="already holds a run"):
-        T.train(make_config(straight[0]))
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(make_config(straight[0]))
 
 
 def test_resume_rejects_a_changed_config(straight):
-    with pytest.raises(T.ConfigError, match=r"config differs.*lr: stored 0.003, given 0.1"):
-        T.train(make_config(straight[0], epochs=3, lr=0.1, resume=True))
+    with pytest.raises(ConfigError, match=r"config differs.*lr: stored 0.003, given 0.1"):
+        train(make_config(straight[0], epochs=3, lr=0.1, resume=True))
 
 
 def test_resume_accepts_a_run_stored_before_a_field_existed(tmp_path):
     """A checkpoint whose config lacks a newer field resumes when that field keeps its default."""
     out = tmp_path / "old"
-    T.train(make_config(out, epochs=1))
+    train(make_config(out, epochs=1))
     ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     del ckpt["config"]["drop_last"]
     torch.save(ckpt, out / "checkpoint.pt")
-    assert T.train(make_config(out, epochs=2, resume=True))["epochs_run"] == 2
-    with pytest.raises(T.ConfigError, match="drop_last: stored False, given True"):
-        T.train(make_config(out, epochs=3, resume=True, drop_last=True))
+    assert train(make_config(out, epochs=2, resume=True))["epochs_run"] == 2
+    with pytest.raises(ConfigError, match="drop_last: stored False, given True"):
+        train(make_config(out, epochs=3, resume=True, drop_last=True))
 
 
 @pytest.mark.parametrize("drop_last, seen", [(False, 250), (True, 224)])
 def test_drop_last_skips_only_a_short_last_batch(tmp_path, drop_last, seen):
     """250 images in batches of 32: seven full batches and one of 26, which drop_last skips."""
-    summary = T.train(make_config(tmp_path, train_subset=250, epochs=1, drop_last=drop_last))
+    summary = train(make_config(tmp_path, train_subset=250, epochs=1, drop_last=drop_last))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_samples"] for r in records if r["epoch"] == 1] == [seen]
     assert summary["status"] == "complete"
+
+
+def test_run_stored_with_penalty_weight_resumes_bit_identically(tmp_path):
+    """A checkpoint stored before penalty_weight became penalty_beta resumes (LEGACY_FIELDS) like a straight run."""
+    straight_out, old_out = tmp_path / "straight", tmp_path / "old"
+    train(make_config(straight_out, penalty="so", penalty_beta=0.1))
+    train(make_config(old_out, epochs=1, penalty="so", penalty_beta=0.1))
+    ckpt = torch.load(old_out / "checkpoint.pt", weights_only=True)
+    ckpt["config"]["penalty_weight"] = ckpt["config"].pop("penalty_beta")
+    torch.save(ckpt, old_out / "checkpoint.pt")
+    summary = json.loads((old_out / "summary.json").read_text())
+    summary["config"]["penalty_weight"] = summary["config"].pop("penalty_beta")
+    (old_out / "summary.json").write_text(json.dumps(summary))
+    assert load_run(old_out)[1].penalty_beta == 0.1
+    train(make_config(old_out, penalty="so", penalty_beta=0.1, resume=True))
+    assert without_seconds(read_jsonl(old_out / "metrics.jsonl")) == without_seconds(
+        read_jsonl(straight_out / "metrics.jsonl")
+    )
+    assert_same_state(checkpoint_model(old_out), checkpoint_model(straight_out))
+    assert json.loads((old_out / "summary.json").read_text())["config"]["penalty_beta"] == 0.1
+
+
+def test_legacy_field_names_map_to_the_new_ones():
+    assert LEGACY_FIELDS == {"penalty_weight": "penalty_beta"}
+    assert normalize_config_dict({"penalty_weight": 0.3, "beta": 1.0}) == {"penalty_beta": 0.3, "beta": 1.0}
+    assert normalize_config_dict({"penalty_weight": 0.3, "penalty_beta": 0.5}) == {"penalty_beta": 0.5}
+    assert config_from_dict({"penalty_weight": 0.3, "gone": 1}) == TrainConfig(penalty_beta=0.3)
+    assert config_from_args(parser().parse_args(["--penalty-weight", "0.2"])).penalty_beta == 0.2
+    assert "--penalty-weight" not in parser().format_help()
+
+
+def test_final_statuses_are_what_finished_runs_end_with(finished, tmp_path):
+    """A complete run and an early-stopped one end in FINAL_STATUSES; a stopped run is finished for good."""
+    assert set(FINAL_STATUSES) < set(STATUSES)
+    assert finished[1]["status"] in FINAL_STATUSES
+    stopped = train(make_config(tmp_path, early_stop="validation", patience=1, epochs=30, lr=0.05))
+    assert stopped["status"] == "stopped early" and stopped["epochs_run"] < 30
+    assert stopped["status"] in FINAL_STATUSES
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert is_finished(ckpt, make_config(tmp_path, epochs=40))
 
 
 # ---------------------------------------------------------------- command line
@@ -249,54 +381,91 @@ def test_drop_last_skips_only_a_short_last_batch(tmp_path, drop_last, seen):
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser()
-    T.add_arguments(p)
+    add_arguments(p)
     return p
 
 
 def test_cli_flags_round_trip_to_the_config():
     """to_argv -> parse -> config_from_args gives back a config with every field changed."""
-    config = T.TrainConfig(model="cnn2", width=0.5, dataset="mnist", data_dir="/data", download=True,
-                           train_subset=512, test_subset=100, epochs=3, batch_size=64, drop_last=True,
-                           optimizer="adam", lr=0.1,
-                           momentum=0.5, weight_decay=1e-4, schedule="cosine", beta=0.01, cs_pairs="adjacent",
-                           cs_channels="cross", cs_normalize=True, cs_mode="decoupled", init_iters=7, init_lr=0.01,
-                           init_optimizer="train", penalty="srip", penalty_weight=0.5, early_stop="validation",
-                           patience=3, es_k=10, es_samples=300, val_fraction=0.1, es_restore=False, seed=5,
-                           device="cpu", out="x/y", resume=True, channels_last=True, bf16=True, threads=1,
-                           eval_batch=50, fm_batch=32, verbose=False)
-    default = T.TrainConfig()
-    assert all(getattr(config, f) != getattr(default, f) for f in T.CONFIG_FIELDS)
-    assert T.config_from_args(parser().parse_args(T.to_argv(config))) == config
+    config = TrainConfig(
+        model="cnn2",
+        width=0.5,
+        dataset="mnist",
+        data_dir="/data",
+        download=True,
+        train_subset=512,
+        test_subset=100,
+        epochs=3,
+        batch_size=64,
+        drop_last=True,
+        optimizer="adam",
+        lr=0.1,
+        momentum=0.5,
+        weight_decay=1e-4,
+        schedule="cosine",
+        beta=0.01,
+        cs_pairs="adjacent",
+        cs_channels="cross",
+        cs_normalize=True,
+        cs_mode="decoupled",
+        init_iters=7,
+        init_lr=0.01,
+        init_optimizer="train",
+        penalty="srip",
+        penalty_beta=0.5,
+        early_stop="validation",
+        patience=3,
+        es_k=10,
+        es_samples=300,
+        val_fraction=0.1,
+        es_restore=False,
+        seed=5,
+        device="cpu",
+        out="x/y",
+        resume=True,
+        channels_last=True,
+        bf16=True,
+        threads=1,
+        eval_batch=50,
+        fm_batch=32,
+        verbose=False,
+    )
+    default = TrainConfig()
+    assert all(getattr(config, f) != getattr(default, f) for f in CONFIG_FIELDS)
+    assert config_from_args(parser().parse_args(to_argv(config))) == config
 
 
 def test_cli_uses_kebab_case_flags():
     args = parser().parse_args(["--train-subset", "10", "--cs-normalize", "--init-iters", "5", "--no-es-restore"])
-    config = T.config_from_args(args)
+    config = config_from_args(args)
     assert (config.train_subset, config.cs_normalize, config.init_iters, config.es_restore) == (10, True, 5, False)
 
 
 def test_cli_without_flags_gives_the_defaults():
-    assert T.config_from_args(parser().parse_args([])) == T.TrainConfig()
+    assert config_from_args(parser().parse_args([])) == TrainConfig()
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("epochs", 0, "epochs must be >= 1"),
-    ("lr", -1.0, "lr must be > 0"),
-    ("momentum", 1.0, r"momentum must be in \[0, 1\)"),
-    ("val_fraction", 1.5, r"val_fraction must be in \(0, 1\)"),
-    ("model", "vgg", "model must be one of cnn1, cnn2, resnet18"),
-    ("penalty", "l2", "penalty must be one of none, so, dso"),
-    ("early_stop", "loss", "early_stop must be one of none, cwnnk, validation"),
-    ("fm_batch", 1, "fm_batch must be >= 2"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("epochs", 0, "epochs must be >= 1"),
+        ("lr", -1.0, "lr must be > 0"),
+        ("momentum", 1.0, r"momentum must be in \[0, 1\)"),
+        ("val_fraction", 1.5, r"val_fraction must be in \(0, 1\)"),
+        ("model", "vgg", "model must be one of cnn1, cnn2, resnet18"),
+        ("penalty", "l2", "penalty must be one of none, so, dso"),
+        ("early_stop", "loss", "early_stop must be one of none, cwnnk, validation"),
+        ("fm_batch", 1, "fm_batch must be >= 2"),
+    ],
+)
 def test_bad_values_raise_clear_errors(field, value, message):
     with pytest.raises(ValueError, match=message):
-        T.TrainConfig(**{field: value})
+        TrainConfig(**{field: value})
 
 
 def test_wrong_type_raises_type_error():
     with pytest.raises(TypeError, match="epochs must be a int"):
-        T.TrainConfig(epochs="3")
+        TrainConfig(epochs="3")
 
 
 def test_parser_rejects_unknown_choices(capsys):
@@ -313,8 +482,8 @@ def test_run_reports_a_bad_value_and_returns_2(tmp_path, capsys):
 
 def test_incompatible_model_and_dataset_is_a_config_error(tmp_path):
     """cnn1 needs at least 17x17 inputs: on 8x8 digits the error names the combination."""
-    with pytest.raises(T.ConfigError, match="cnn1.*digits"):
-        T.train(make_config(tmp_path, dataset="digits"))
+    with pytest.raises(ConfigError, match="cnn1.*digits"):
+        train(make_config(tmp_path, dataset="digits"))
 
 
 def test_cli_resume_takes_the_stored_config(tmp_path):
@@ -322,8 +491,25 @@ def test_cli_resume_takes_the_stored_config(tmp_path):
     from convsim.cli import main
 
     common = ["--out", str(tmp_path), "--device", "cpu", "--threads", "1", "--no-verbose"]
-    first = ["train", "--dataset", "synthetic", "--train-subset", "128", "--test-subset", "64", "--fm-batch", "32",
-             "--batch-size", "32", "--optimizer", "adam", "--lr", "0.002", "--epochs", "1"] + common
+    first = [
+        "train",
+        "--dataset",
+        "synthetic",
+        "--train-subset",
+        "128",
+        "--test-subset",
+        "64",
+        "--fm-batch",
+        "32",
+        "--batch-size",
+        "32",
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.002",
+        "--epochs",
+        "1",
+    ] + common
     assert main(first) == 0
     assert main(["train", "--resume", "--epochs", "2"] + common) == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -335,18 +521,48 @@ def test_cli_resume_takes_the_stored_config(tmp_path):
 
 def test_lr_factor_cosine_and_step():
     e = 10
-    assert [T.lr_factor("cosine", k, e) for k in (1, 6)] == [1.0, pytest.approx(0.5)]
-    assert T.lr_factor("cosine", 10, e) == pytest.approx(0.5 * (1 + math.cos(math.pi * 9 / 10)))
-    assert [T.lr_factor("step", k, e) for k in (5, 6, 8, 9)] == [1.0, 0.1, 0.1, 0.01]
-    assert T.lr_factor("none", 7, e) == 1.0
+    assert [lr_factor("cosine", k, e) for k in (1, 6)] == [1.0, pytest.approx(0.5)]
+    assert lr_factor("cosine", 10, e) == pytest.approx(0.5 * (1 + math.cos(math.pi * 9 / 10)))
+    assert [lr_factor("step", k, e) for k in (5, 6, 8, 9)] == [1.0, 0.1, 0.1, 0.01]
+    assert lr_factor("none", 7, e) == 1.0
 
 
-def test_stratified_split_is_disjoint_complete_and_stratified():
-    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)[torch.randperm(100, generator=torch.Generator().manual_seed(0))]
-    keep, held = T.stratified_split(labels, 0.2, seed=3)
+def test_validation_split_is_disjoint_complete_and_stratified():
+    order = torch.randperm(100, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)[order]
+    keep, held = validation_split(labels, 0.2, seed=3)
     assert torch.equal(torch.sort(torch.cat([keep, held])).values, torch.arange(100))
     assert torch.bincount(labels[held]).tolist() == [10, 6, 4]
-    assert torch.equal(held, T.stratified_split(labels, 0.2, seed=3)[1])
+    assert torch.equal(held, data.subset_indices(labels, 20, seed=3))  # the library's one sampler
+
+
+def test_validation_split_rounds_the_total_like_the_subsets():
+    """round(fraction * N) held out, shared by largest remainder (data.subset_indices), not rounded per class.
+
+    The quick suite's synthetic 256-image training subset has classes of 26 (x6) and 25 (x4): 20%
+    is 51.2, so 51 are held out and class 0 (largest remainder, lowest class on ties) gives 6.
+    Rounding each class (5.2 and 5.0 -> 5), as the trainer did before, held out 50.
+    """
+    labels = torch.tensor([c for c in range(10) for _ in range(26 if c < 6 else 25)])
+    keep, held = validation_split(labels, 0.2, seed=0)
+    assert torch.bincount(labels[held]).tolist() == [6, 5, 5, 5, 5, 5, 5, 5, 5, 5]
+    assert len(keep) == 256 - 51
+    balanced = torch.arange(250) % 10  # 25 per class: 5 each either way
+    assert torch.bincount(balanced[validation_split(balanced, 0.2, seed=0)[1]]).tolist() == [5] * 10
+
+
+def test_validation_split_of_the_quick_suite_data(tmp_path):
+    """The trainer's validation split of the quick suite's data (synthetic, 256 training images, seed 0)."""
+    d = load_data(make_config(tmp_path, early_stop="validation"), torch.device("cpu"), torch.contiguous_format)
+    assert torch.bincount(d["val_y"]).tolist() == [6, 5, 5, 5, 5, 5, 5, 5, 5, 5]
+    assert len(d["train_y"]) == 205
+
+
+def test_validation_split_refuses_to_empty_a_class_or_the_split():
+    with pytest.raises(ConfigError, match=r"every training sample of class\(es\) \[0\]"):
+        validation_split(torch.tensor([0] + [1] * 9), 0.5, seed=0)  # 5 held: quotas 0.5, 4.5 -> class 0 gets 1
+    with pytest.raises(ConfigError, match="leaves no validation"):
+        validation_split(torch.arange(4) % 2, 0.1, seed=0)
 
 
 # ---------------------------------------------------------------- early stopping
@@ -357,10 +573,13 @@ def test_freezer_keeps_frozen_filters_bit_identical(optimizer):
     """Momentum and weight decay do not move a frozen filter; the others move."""
     torch.manual_seed(0)
     conv = nn.Conv2d(2, 3, 3)
-    opt = (torch.optim.SGD(conv.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1) if optimizer == "sgd"
-           else torch.optim.Adam(conv.parameters(), lr=0.1, weight_decay=0.1))
+    opt = (
+        torch.optim.SGD(conv.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+        if optimizer == "sgd"
+        else torch.optim.Adam(conv.parameters(), lr=0.1, weight_decay=0.1)
+    )
     x = torch.randn(4, 2, 6, 6)
-    fr = T.ChannelFreezer(conv)
+    fr = ChannelFreezer(conv)
     for step in range(6):
         if step == 2:
             fr.freeze(torch.tensor([False, True, False]))
@@ -375,7 +594,7 @@ def test_freezer_keeps_frozen_filters_bit_identical(optimizer):
 
 
 def test_validation_stopper_counts_patience():
-    es = T.ValidationEarlyStopping(patience=2)
+    es = ValidationEarlyStopping(patience=2)
     steps = [es.step(e, i + 1) for i, e in enumerate([0.5, 0.4, 0.45, 0.38, 0.38, 0.39])]
     assert [s[0] for s in steps] == [True, True, False, True, False, False]
     assert [s[1] for s in steps] == [False, False, False, False, False, True]
@@ -402,9 +621,9 @@ def test_cwnnk_freezes_a_channel_that_stops_improving(tmp_path, monkeypatch):
     stays bit-identical through epochs 3-4 while the other filters keep training."""
     scripted_errors(monkeypatch, lambda n: [0.5, 1 / n, 1 / n, 1 / n])
     config = make_config(tmp_path, early_stop="cwnnk", patience=1, es_samples=64)
-    T.train(config)
+    train(config)
     at_freeze = checkpoint_model(tmp_path)
-    summary = T.train(make_config(tmp_path, early_stop="cwnnk", patience=1, es_samples=64, epochs=4, resume=True))
+    summary = train(make_config(tmp_path, early_stop="cwnnk", patience=1, es_samples=64, epochs=4, resume=True))
     final = checkpoint_model(tmp_path)
     records = read_jsonl(tmp_path / "metrics.jsonl")
     assert [r["es_frozen"] for r in records] == [[False] * 4] + [[True, False, False, False]] * 3
@@ -419,7 +638,7 @@ def test_cwnnk_stops_when_every_channel_is_frozen(tmp_path, monkeypatch):
     """Constant errors: all channels freeze at epoch 2, training stops and the epoch-1 weights
     (last improvement) are delivered."""
     calls = scripted_errors(monkeypatch, lambda n: [0.3, 0.3, 0.3, 0.3])
-    summary = T.train(make_config(tmp_path, epochs=6, early_stop="cwnnk", patience=1, es_samples=64))
+    summary = train(make_config(tmp_path, epochs=6, early_stop="cwnnk", patience=1, es_samples=64))
     records = read_jsonl(tmp_path / "metrics.jsonl")
     assert len(calls) == 2 and [r["epoch"] for r in records] == [1, 2]
     es = summary["early_stop"]
@@ -433,8 +652,8 @@ def test_validation_early_stopping_stops_and_restores_the_best_epoch(tmp_path):
     """With a negligible learning rate the validation error never improves after epoch 1: training
     stops at epoch 1 + patience and the delivered weights are exactly those after epoch 1."""
     kw = dict(early_stop="validation", patience=2, optimizer="sgd", lr=1e-12, momentum=0.0, val_fraction=0.25)
-    summary = T.train(make_config(tmp_path / "es", epochs=6, **kw))
-    T.train(make_config(tmp_path / "one", epochs=1, **kw))
+    summary = train(make_config(tmp_path / "es", epochs=6, **kw))
+    train(make_config(tmp_path / "one", epochs=1, **kw))
     es = summary["early_stop"]
     assert summary["status"] == "stopped early" and (es["stop_epoch"], es["restore_epoch"]) == (3, 1)
     records = read_jsonl(tmp_path / "es" / "metrics.jsonl")
@@ -444,7 +663,7 @@ def test_validation_early_stopping_stops_and_restores_the_best_epoch(tmp_path):
 
 def test_cwnnk_with_the_real_loo_error_logs_every_channel(tmp_path):
     """End to end with convsim.nnk: one LOO error in [0, 1] per channel of the last conv, every epoch."""
-    T.train(make_config(tmp_path, early_stop="cwnnk", es_samples=100, es_k=10))
+    train(make_config(tmp_path, early_stop="cwnnk", es_samples=100, es_k=10))
     records = read_jsonl(tmp_path / "metrics.jsonl")
     for r in records:
         assert len(r["es_errors"]) == len(r["es_patience"]) == len(r["es_frozen"]) == 4
@@ -452,5 +671,5 @@ def test_cwnnk_with_the_real_loo_error_logs_every_channel(tmp_path):
 
 
 def test_cwnnk_needs_more_samples_than_neighbours(tmp_path):
-    with pytest.raises(T.ConfigError, match=r"es_k \(25\) must be smaller"):
-        T.train(make_config(tmp_path, early_stop="cwnnk", es_samples=20))
+    with pytest.raises(ConfigError, match=r"es_k \(25\) must be smaller"):
+        train(make_config(tmp_path, early_stop="cwnnk", es_samples=20))

@@ -1,12 +1,12 @@
 """`convsim verify`: every section printed, exit code tied to the exact relations."""
+
 import argparse
 import json
 
 import torch
 
 from convsim import theory
-from convsim.cli import verify
-from convsim.cli import main
+from convsim.cli import main, verify
 
 
 def args(**kw):

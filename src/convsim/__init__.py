@@ -9,6 +9,7 @@ The main entry points:
 - :mod:`convsim.theory` — the feature-map/kernel identity, executable;
 - :mod:`convsim.nnk` — NNK neighbourhoods and channel-wise NNK overlap.
 """
+
 from convsim.measure import FeatureMapSimilarity
 from convsim.similarity import ConvSimilarity, conv_similarity, conv_similarity_matrix, cs_initialize
 

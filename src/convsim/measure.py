@@ -31,16 +31,19 @@ A layer with fewer than two channels has no pairs: its pair statistics are 0.
 Under ``torch.distributed`` the state of every rank is summed before ``compute()`` (torchmetrics'
 ``sync_on_compute``): each rank updates on its own shard and all get the statistics of the union.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from convsim._internal.hooks import capture, resolve_modules
-from convsim._internal.layers import CONV_TYPES, select_conv_layers
+from convsim._internal.layers import CONV_TYPES, ConvLayer, select_conv_layers
+from convsim._internal.modes import eval_mode
 from convsim.similarity import conv_similarity
 
 _CHUNK = 1 << 22  # float64 elements converted at once in _gram_stats
@@ -139,7 +142,8 @@ def effective_rank(gram: torch.Tensor) -> torch.Tensor:
     if not isinstance(gram, torch.Tensor) or gram.dim() != 2 or gram.shape[0] != gram.shape[1]:
         raise ValueError("gram must be a square (M, M) tensor")
     fro2 = gram.square().sum()
-    return torch.where(fro2 > 0, gram.diagonal().sum().square() / fro2.clamp_min(torch.finfo(gram.dtype).tiny), fro2 * 0)
+    ratio = gram.diagonal().sum().square() / fro2.clamp_min(torch.finfo(gram.dtype).tiny)
+    return torch.where(fro2 > 0, ratio, fro2 * 0)
 
 
 def _layer_summary(moment: torch.Tensor, weight: torch.Tensor, groups: int, threshold: float) -> dict[str, float]:
@@ -210,9 +214,9 @@ class FeatureMapSimilarity:
     def __init__(
         self,
         model: nn.Module,
-        layers: Optional[Sequence[str]] = None,
+        layers: Sequence[str] | None = None,
         centered: bool = False,
-        activation: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+        activation: Callable[[torch.Tensor], torch.Tensor] | None = None,
         threshold: float = 0.5,
         sync_on_compute: bool = True,
     ):
@@ -220,6 +224,7 @@ class FeatureMapSimilarity:
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if activation is not None and not callable(activation):
             raise TypeError("activation must be a callable tensor -> tensor or None")
+        modules: dict[str, ConvLayer]
         if layers is None:
             modules = dict(select_conv_layers(model))
             if not modules:
@@ -227,10 +232,11 @@ class FeatureMapSimilarity:
         else:
             if isinstance(layers, str) or not layers:
                 raise ValueError("layers must be a non-empty sequence of layer names")
-            modules = resolve_modules(model, list(layers))
-            bad = [n for n, m in modules.items() if not isinstance(m, CONV_TYPES)]
+            named = resolve_modules(model, list(layers))
+            bad = [n for n, m in named.items() if not isinstance(m, CONV_TYPES)]
             if bad:
                 raise ValueError(f"layers must be Conv1d/2d/3d modules; not convs: {bad}")
+            modules = {n: m for n, m in named.items() if isinstance(m, CONV_TYPES)}
         self.model = model
         self._modules = modules
         self.centered = bool(centered)
@@ -261,16 +267,10 @@ class FeatureMapSimilarity:
             self._gram[name], self._sums[name], self._count[name] = gram, sums, count
 
     @torch.no_grad()
-    def update(self, x, *args, **kwargs):
+    def update(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         """Run ``model(x, *args, **kwargs)`` and accumulate every measured layer; returns the output."""
-        modes = {m: m.training for m in self.model.modules()}
-        self.model.eval()
-        try:
-            with capture(self.model, self.layers, fn=self._accumulate):
-                out = self.model(x, *args, **kwargs)
-        finally:
-            for m, mode in modes.items():
-                m.training = mode
+        with eval_mode(self.model), capture(self.model, self.layers, fn=self._accumulate):
+            out = self.model(x, *args, **kwargs)
         return out
 
     def compute(self) -> dict[str, dict[str, float]]:
@@ -289,10 +289,9 @@ class FeatureMapSimilarity:
     def _synced(self, name: str) -> tuple[torch.Tensor, torch.Tensor, int]:
         """This layer's (Gram, sums, count), summed over ranks when syncing applies."""
         gram, sums, count = self._gram[name], self._sums[name], self._count[name]
-        if not (self.sync_on_compute and dist.is_available() and dist.is_initialized()
-                and dist.get_world_size() > 1):
+        if not (self.sync_on_compute and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return gram, sums, count
         m = sums.numel()
         flat = torch.cat([gram.flatten(), sums.flatten(), gram.new_tensor([float(count)])])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)  # float64: counts stay exact below 2**53
-        return flat[: m * m].view_as(gram), flat[m * m: m * m + m].view_as(sums), int(flat[-1].item())
+        return flat[: m * m].view_as(gram), flat[m * m : m * m + m].view_as(sums), int(flat[-1].item())

@@ -14,19 +14,21 @@ and :math:`G` the *smaller* Gram (:math:`WW^\top` if M <= D, else :math:`W^\top 
 padding, offset and existence checks); DeCov on activations (Cogswell et al. 2016).
 :class:`Penalty` applies one of them to every selected conv layer of a model.
 """
+
 from __future__ import annotations
 
 import math
 import warnings
-from typing import Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convsim._internal.layers import Predicate, select_conv_layers
+from convsim._internal.layers import ConvLayer, Predicate, select_conv_layers
 
-PENALTIES = ("so", "dso", "mc", "srip", "ocnn", "decov")
+PENALTIES = ("so", "dso", "mc", "srip", "ocnn", "decov")  # the names Penalty takes (and `convsim train --penalty`)
 CHECKS = ("error", "warn", "off")
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -69,7 +71,7 @@ def double_soft_orthogonality(weight: torch.Tensor) -> torch.Tensor:
     Both Grams share their nonzero eigenvalues, so :math:`\|A-I_D\|_F^2 = \|B-I_M\|_F^2 + D - M`
     exactly (:math:`\|X\|_F^2` and the trace agree). DSO is therefore computed as
     :math:`2\,\mathrm{SO} + |D - M|` without forming the large Gram: for the Frobenius norm it is
-    SO with twice the weight plus a constant.
+    twice SO plus a constant.
 
     Example:
         >>> w = torch.eye(4).reshape(4, 1, 2, 2)
@@ -95,7 +97,7 @@ def mutual_coherence(weight: torch.Tensor) -> torch.Tensor:
     return _small_gram(weight).abs().amax()
 
 
-def srip(weight: torch.Tensor, iterations: int = 2, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def srip(weight: torch.Tensor, iterations: int = 2, generator: torch.Generator | None = None) -> torch.Tensor:
     r"""SRIP: the spectral norm :math:`\sigma_{\max}(G - I)` of the smaller Gram, by power iteration.
 
     Estimate: :math:`v_0` is a random unit Gaussian vector (from ``generator``); each of the
@@ -131,14 +133,14 @@ def srip(weight: torch.Tensor, iterations: int = 2, generator: Optional[torch.Ge
     return sigma
 
 
-def _tuple(value: Union[int, Sequence[int]], d: int, label: str) -> tuple[int, ...]:
+def _tuple(value: int | Sequence[int], d: int, label: str) -> tuple[int, ...]:
     out = (value,) * d if isinstance(value, int) else tuple(value)
     if len(out) != d or not all(isinstance(v, int) and v >= 1 for v in out):
         raise ValueError(f"{label} must be an int >= 1 or {d} such ints, got {value!r}")
     return out
 
 
-def ocnn_existence(shape: Sequence[int], stride: Union[int, Sequence[int]] = 1) -> list[tuple[str, str]]:
+def ocnn_existence(shape: Sequence[int], stride: int | Sequence[int] = 1) -> list[tuple[str, str]]:
     """Problems that rule out (or hinder) an orthogonal conv of this weight shape, deel-lip rules.
 
     Returns a list of ``(level, message)`` with level ``"error"`` (no orthogonal conv exists, or
@@ -155,14 +157,14 @@ def ocnn_existence(shape: Sequence[int], stride: Union[int, Sequence[int]] = 1) 
     if c * ss >= m:
         if m > c * math.prod(kernel):
             problems.append(("error", f"no row-orthogonal conv exists: M={m} > C*prod(k)={c * math.prod(kernel)}"))
-    elif any(si > ki for si, ki in zip(s, kernel)):
+    elif any(si > ki for si, ki in zip(s, kernel, strict=True)):
         problems.append(("error", f"no column-orthogonal conv exists: stride {s} exceeds kernel {kernel}"))
     if c * ss == m:
         problems.append(("warning", f"M = C*s^d = {m} (square case) is hard to optimise"))
     return problems
 
 
-def ocnn(weight: torch.Tensor, stride: Union[int, Sequence[int]] = 1, *, check: str = "error") -> torch.Tensor:
+def ocnn(weight: torch.Tensor, stride: int | Sequence[int] = 1, *, check: str = "error") -> torch.Tensor:
     r"""OCNN conv-orthogonality :math:`\|\mathrm{Conv}(K, K, P, s) - I_{r_0}\|_F^2 - \delta`.
 
     The weight is convolved with itself as a batch of M images with C channels (zero padding
@@ -198,11 +200,11 @@ def ocnn(weight: torch.Tensor, stride: Union[int, Sequence[int]] = 1, *, check: 
                 raise ValueError(msg)
             warnings.warn(f"OCNN: {msg}", stacklevel=2)
     kernel = weight.shape[2:]
-    pad = [(k - 1) // si * si for k, si in zip(kernel, s)]
+    pad = [(k - 1) // si * si for k, si in zip(kernel, s, strict=True)]
     # F.pad wants the last axis first; only the input side is padded.
     padded = F.pad(weight, [p for p in reversed(pad) for _ in range(2)])
     out = _CONV[d](padded, weight, stride=s)  # (M, M, *o), o_a = 2*floor((k_a-1)/s_a)+1
-    centre = (slice(None), slice(None)) + tuple(p // si for p, si in zip(pad, s))
+    centre = (slice(None), slice(None)) + tuple(p // si for p, si in zip(pad, s, strict=True))
     m = weight.shape[0]
     target = torch.zeros_like(out)
     target[centre] = torch.eye(m, dtype=weight.dtype, device=weight.device)
@@ -218,8 +220,9 @@ def decov(activations: torch.Tensor) -> torch.Tensor:
     (biased, as Cogswell et al.). A single position gives 0.
 
     Example:
-        >>> h = torch.randn(16, 4, 5, 5, requires_grad=True)
-        >>> decov(h).backward()
+        >>> h = torch.tensor([[1.0, 1.0, 5.0], [-1.0, -1.0, 5.0]])  # (N=2, M=3): channel 1 copies 0, 2 is constant
+        >>> float(decov(h))  # the covariance of channels 0 and 1 (1.0), counted once
+        1.0
     """
     if not isinstance(activations, torch.Tensor):
         raise TypeError(f"activations must be a torch.Tensor, got {type(activations).__name__}")
@@ -246,7 +249,10 @@ _WEIGHT_FUNCS = {
 
 
 class Penalty(nn.Module):
-    r"""A baseline regulariser of a model: ``reg()`` returns ``weight`` × the sum over selected layers.
+    r"""A baseline regulariser of a model: ``reg()`` returns ``beta`` × the sum over selected layers.
+
+    ``beta`` is the regularisation strength, as in :class:`~convsim.similarity.ConvSimilarity`
+    (``convsim train --penalty-beta``).
 
     Layers are chosen by :func:`convsim._internal.layers.select_conv_layers` (the same rule as
     :class:`~convsim.similarity.ConvSimilarity`). Grouped convs are penalised per group (the
@@ -266,13 +272,18 @@ class Penalty(nn.Module):
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
-        >>> reg = Penalty(net, "so", weight=1e-3)
+        >>> reg = Penalty(net, "so", beta=1e-3)
         >>> reg.layers
         ['0', '2']
-        >>> loss = reg()
+        >>> bool(torch.isclose(reg(), 1e-3 * (soft_orthogonality(net[0].weight) + soft_orthogonality(net[2].weight))))
+        True
+        >>> x = torch.randn(2, 1, 8, 8)
         >>> with Penalty(net, "decov") as dec:
-        ...     out = net(torch.randn(2, 1, 8, 8))
-        ...     loss = dec()
+        ...     _ = net(x)  # the hooks keep each selected layer's output
+        ...     value = dec()
+        >>> h = net[0](x)
+        >>> bool(torch.isclose(value, decov(h) + decov(net[2](net[1](h)))))
+        True
     """
 
     def __init__(
@@ -280,10 +291,10 @@ class Penalty(nn.Module):
         model: nn.Module,
         name: str,
         *,
-        weight: float = 1.0,
-        include: Optional[Predicate] = None,
-        exclude: Optional[Predicate] = None,
-        **options,
+        beta: float = 1.0,
+        include: Predicate | None = None,
+        exclude: Predicate | None = None,
+        **options: Any,
     ):
         super().__init__()
         if name not in PENALTIES:
@@ -307,18 +318,18 @@ class Penalty(nn.Module):
                         warnings.warn(f"OCNN layer {lname!r}: {msg}", stacklevel=2)
             options["check"] = "off"  # checked once above, not on every step
         self.name = name
-        self.weight = float(weight)
+        self.beta = float(beta)
         self.options = options
         # A plain list: the model's parameters must not become this module's parameters.
         self._selected = selected
         self._outputs: dict[str, torch.Tensor] = {}
-        self._handles = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
         if name == "decov":
             for lname, module in selected:
                 self._handles.append(module.register_forward_hook(self._make_hook(lname)))
 
-    def _make_hook(self, lname: str):
-        def hook(_module, _inputs, output):
+    def _make_hook(self, lname: str) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
+        def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
             self._outputs[lname] = output
 
         return hook
@@ -327,7 +338,7 @@ class Penalty(nn.Module):
     def layers(self) -> list[str]:
         return [name for name, _ in self._selected]
 
-    def _layer_value(self, lname: str, module: nn.Module) -> torch.Tensor:
+    def _layer_value(self, lname: str, module: ConvLayer) -> torch.Tensor:
         if self.name == "decov":
             if lname not in self._outputs:
                 raise RuntimeError(
@@ -348,7 +359,7 @@ class Penalty(nn.Module):
         return {lname: self._layer_value(lname, module) for lname, module in self._selected}
 
     def forward(self) -> torch.Tensor:
-        return self.weight * torch.stack(list(self.per_layer().values())).sum()
+        return self.beta * torch.stack(list(self.per_layer().values())).sum()
 
     def remove(self) -> None:
         """Remove the forward hooks (``"decov"``) and drop the captured outputs."""
@@ -357,11 +368,11 @@ class Penalty(nn.Module):
         self._handles = []
         self._outputs = {}
 
-    def __enter__(self) -> "Penalty":
+    def __enter__(self) -> Penalty:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.remove()
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, weight={self.weight}, layers={len(self._selected)}"
+        return f"name={self.name!r}, beta={self.beta}, layers={len(self._selected)}"

@@ -16,9 +16,10 @@ is approximate (boundary terms are missing). A batch sums both sides over its sa
 Outside the theory: stride (a subsample of the stride-1 map), bias, nonlinearities, BatchNorm and
 pooling. Dilation samples :math:`R` at multiples of the dilation.
 """
+
 from __future__ import annotations
 
-from typing import Optional
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ PADDINGS = ("full", "circular", "same", "valid")
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor, padding: str, allowed=PADDINGS) -> torch.Tensor:
+def _check(x: torch.Tensor, weight: torch.Tensor, padding: str, allowed: tuple[str, ...] = PADDINGS) -> torch.Tensor:
     """Validate and return x as (N, C, *spatial)."""
     for t, label in ((x, "x"), (weight, "weight")):
         if not isinstance(t, torch.Tensor):
@@ -51,8 +52,10 @@ def _check(x: torch.Tensor, weight: torch.Tensor, padding: str, allowed=PADDINGS
     kernel, spatial = weight.shape[2:], x.shape[2:]
     if padding == "same" and any(k % 2 == 0 for k in kernel):
         raise ValueError(f"padding='same' needs odd kernels, got kernel {tuple(kernel)}")
-    if padding == "valid" and any(s < k for s, k in zip(spatial, kernel)):
-        raise ValueError(f"padding='valid' needs the input {tuple(spatial)} at least as large as the kernel {tuple(kernel)}")
+    if padding == "valid" and any(s < k for s, k in zip(spatial, kernel, strict=True)):
+        raise ValueError(
+            f"padding='valid' needs the input {tuple(spatial)} at least as large as the kernel {tuple(kernel)}"
+        )
     return x
 
 
@@ -131,7 +134,7 @@ def kernel_cross_correlations(weight: torch.Tensor) -> torch.Tensor:
     return out.reshape(m, c, m, c, *lags).permute(2, 0, 3, 1, *range(4, 4 + len(kernel)))
 
 
-def input_correlations(x: torch.Tensor, kernel_size, circular: bool = False) -> torch.Tensor:
+def input_correlations(x: torch.Tensor, kernel_size: int | Sequence[int], circular: bool = False) -> torch.Tensor:
     r"""Input auto/cross-correlations :math:`R_{cd}[\ell]` on the lag window: (C, C, \*(2k-1)).
 
     :math:`R_{cd}[\ell]=\sum_n\sum_t X_{nc}[t]\,X_{nd}[t+\ell]` for :math:`|\ell_a|\le k_a-1`
@@ -235,8 +238,8 @@ def shifted_delta_counterexample(x1d: torch.Tensor) -> dict[str, torch.Tensor]:
 def smooth_signal(
     length: int,
     box: int = 8,
-    generator: Optional[torch.Generator] = None,
-    batch: Optional[int] = None,
+    generator: torch.Generator | None = None,
+    batch: int | None = None,
     dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
     """Smooth zero-mean 1-D input: Gaussian noise low-pass filtered by a length-``box`` moving average.
@@ -324,7 +327,7 @@ def toy_comparison(
     k0 = torch.stack(kernels)
     inputs = {"uniform": torch.stack(uniform), "smooth": torch.stack(smooth)}
 
-    def optimise(loss_fn, lr):
+    def optimise(loss_fn: Callable[[torch.Tensor], torch.Tensor], lr: float) -> torch.Tensor:
         # plain SGD (no momentum, no weight decay) written out: torch.optim's first step imports
         # torch._dynamo, which costs seconds for a sub-second experiment
         k = k0.clone().requires_grad_()
@@ -360,5 +363,14 @@ def toy_comparison(
                     "kernel_norms_after": a["kernel_norms"].mean(0).tolist(),
                 }
             )
-    config = dict(seeds=seeds, steps=steps, length=length, kernel_size=kernel_size, ortho_lr=ortho_lr, cs_lr=cs_lr, box=box, seed=seed)
+    config = dict(
+        seeds=seeds,
+        steps=steps,
+        length=length,
+        kernel_size=kernel_size,
+        ortho_lr=ortho_lr,
+        cs_lr=cs_lr,
+        box=box,
+        seed=seed,
+    )
     return {"config": config, "rows": rows}

@@ -1,11 +1,13 @@
 """Atomic file writes: a temporary name in the same folder, then ``os.replace``."""
+
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
@@ -50,7 +52,7 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """All complete JSON lines of a file (a torn last line from a crash is ignored)."""
-    out = []
+    out: list[dict] = []
     p = Path(path)
     if not p.exists():
         return out

@@ -1,8 +1,9 @@
 """Capturing layer outputs with forward hooks (no torchvision, no FX)."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -42,10 +43,10 @@ def capture(
     """
     modules = resolve_modules(model, names)
     store: dict[str, torch.Tensor] = {}
-    handles = []
+    handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def make_hook(name: str):
-        def hook(_module, _inputs, output):
+    def make_hook(name: str) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
+        def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
             out = output.detach() if detach else output
             if fn is None:
                 store[name] = out

@@ -1,11 +1,13 @@
 """Finding the conv layers of a model: the one layer-selection rule every regulariser shares."""
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from torch import nn
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+ConvLayer = nn.Conv1d | nn.Conv2d | nn.Conv3d
 Predicate = Callable[[str, nn.Module], bool]
 
 
@@ -16,10 +18,10 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def select_conv_layers(
     model: nn.Module,
-    include: Optional[Predicate] = None,
-    exclude: Optional[Predicate] = None,
+    include: Predicate | None = None,
+    exclude: Predicate | None = None,
     min_out_per_group: int = 2,
-) -> list[tuple[str, nn.Module]]:
+) -> list[tuple[str, ConvLayer]]:
     """Named Conv1d/2d/3d layers of ``model`` that a weight regulariser acts on.
 
     A layer is selected when it has at least ``min_out_per_group`` output channels per group
@@ -31,7 +33,7 @@ def select_conv_layers(
     for fn, label in ((include, "include"), (exclude, "exclude")):
         if fn is not None and not callable(fn):
             raise TypeError(f"{label} must be a callable (name, module) -> bool, got {type(fn).__name__}")
-    chosen = []
+    chosen: list[tuple[str, ConvLayer]] = []
     for name, module in unwrap(model).named_modules():
         if not isinstance(module, CONV_TYPES):
             continue

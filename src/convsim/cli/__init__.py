@@ -1,5 +1,6 @@
 """The `convsim` command line: one subcommand per module, each module exposing
 ``add_arguments(parser)`` and ``run(args) -> int``."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,6 +15,7 @@ COMMANDS = {
     "train": ("convsim.cli.train", "train one model (CS regulariser / initialisation / baselines)"),
     "reproduce": ("convsim.cli.reproduce", "run a suite of trainings and write report.md with figures"),
     "overlap": ("convsim.cli.overlap", "channel-wise NNK overlap analysis of trained runs"),
+    "report": ("convsim.cli.report", "rebuild a suite's report from its committed run files"),
 }
 
 

@@ -1,4 +1,5 @@
 """``convsim reproduce``: train the missing runs of a suite and write its report."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 from convsim.reporting.suites import SUITES, reproduce, run_status
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--suite", choices=sorted(SUITES), default="quick", help="which suite (default quick)")
@@ -29,8 +31,17 @@ def run(args: argparse.Namespace) -> int:
             if pattern is None or pattern.search(s.name):
                 print(f"{s.name:48s} {run_status(runs_dir / s.name):12s} {','.join(s.studies)}")
         return 0
-    res = reproduce(args.suite, args.out, data_dir=args.data_dir, device=args.device, jobs=args.jobs,
-                    only=args.only, threads=args.threads, download=args.download, report=not args.no_report)
+    res = reproduce(
+        args.suite,
+        args.out,
+        data_dir=args.data_dir,
+        device=args.device,
+        jobs=args.jobs,
+        only=args.only,
+        threads=args.threads,
+        download=args.download,
+        report=not args.no_report,
+    )
     if res["failed"]:
         print(f"{len(res['failed'])} runs failed: {', '.join(sorted(res['failed']))}", file=sys.stderr)
         return 1

@@ -1,4 +1,5 @@
 """``convsim train``: train one model; every flag is a field of :class:`convsim.training.config.TrainConfig`."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,6 @@ from convsim.training.config import ConfigError, TrainConfig, add_arguments, con
 from convsim.training.loop import train
 
 __all__ = ["add_arguments", "run"]
-
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,6 +33,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"\nconvsim train: interrupted; continue with --resume --out {out}", file=sys.stderr)
         return 130
     if distributed.detect().is_main and config.verbose:
-        print(f"{summary['status']}: test_acc {summary['test_acc']:.4f} after {summary['epochs_run']} epochs "
-              f"({summary['wall_time']:.1f}s) -> {config.out}")
+        print(
+            f"{summary['status']}: test_acc {summary['test_acc']:.4f} after {summary['epochs_run']} epochs "
+            f"({summary['wall_time']:.1f}s) -> {config.out}"
+        )
     return 0

@@ -1,7 +1,9 @@
 """NNK neighbourhoods, NNK graphs and channel-wise NNK (CW-NNK) overlap analysis.
 
-* :func:`nnk_neighbors` -- NNK neighbourhoods of points (exact batched active set or fast
-  projected gradient; cosine or Gaussian kernel).
+* :func:`nnk_neighbors` -- NNK neighbourhoods of points (``solver="exact"``, batched active set,
+  or ``"pgd"``, projected gradient descent; cosine or Gaussian kernel).
+* :class:`NNKOptions` -- the settings every function here takes, validated once; the same fields
+  can be given as keywords (``nnk_neighbors(X, k=30)``).
 * :func:`nnk_graph` -- the symmetric NNK graph as a ``scipy.sparse`` matrix.
 * :func:`channel_overlap`, :func:`channel_loo_error`, :func:`layer_overlap` -- channel-wise NNK
   of conv-layer activations: neighbour counts, channel overlap (M1, M1w, M2, M3), LOO error.
@@ -10,12 +12,15 @@ On CPU, with the optional ``numba`` (``pip install 'convsim[fast]'``), candidate
 systems and the exact solver run as compiled kernels; :func:`compiled_kernels` (or
 ``CONVSIM_NUMBA=0``) switches them off.
 """
+
 from convsim.nnk.channels import ChannelOverlap, channel_loo_error, channel_overlap, layer_overlap
 from convsim.nnk.graph import nnk_graph
 from convsim.nnk.neighbors import NNKResult, nnk_neighbors
+from convsim.nnk.options import NNKOptions
 from convsim.nnk.solvers import SolveResult, active_set, compiled_kernels, projected_gradient
 
 __all__ = [
+    "NNKOptions",
     "NNKResult",
     "nnk_neighbors",
     "nnk_graph",

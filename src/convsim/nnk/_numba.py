@@ -22,6 +22,7 @@ result gets one step of iterative refinement and its KKT violation is measured. 
 over threads with ``prange``. :func:`solve_batch` is the entry point; callers fall back to the
 torch solver for systems whose status is not 0.
 """
+
 from __future__ import annotations
 
 import numba
@@ -117,8 +118,7 @@ def _min_pivot(L, dinv, p, M, nrm):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _solve_one(A, b, tol, pivot_tol, max_iter, kkt_tol, theta,
-               L, M, dinv, idx, inP, blocked, x, y, z, w, v):
+def _solve_one(A, b, tol, pivot_tol, max_iter, kkt_tol, theta, L, M, dinv, idx, inP, blocked, x, y, z, w, v):
     """Lawson--Hanson for one system; writes theta. Returns (status, kkt, pivot, iterations).
 
     Keeps y = L^{-1} b_P up to date with L, so each passive solve z = L^{-T} y is one triangular
@@ -268,16 +268,25 @@ def _solve_all(A, b, tol, pivot_tol, max_iter, kkt_tol, nchunks, theta, status, 
         w = np.zeros(k)
         v = np.zeros(k + 1)
         for s in range(c * step, min(B, (c + 1) * step)):
-            st, e, pv, n = _solve_one(A[s], b[s], tol, pivot_tol, max_iter, kkt_tol, theta[s],
-                                      L, M, dinv, idx, inP, blocked, x, y, z, w, v)
+            st, e, pv, n = _solve_one(
+                A[s], b[s], tol, pivot_tol, max_iter, kkt_tol, theta[s], L, M, dinv, idx, inP, blocked, x, y, z, w, v
+            )
             status[s] = st
             kkt[s] = e
             pivot[s] = pv
             iters[s] = n
 
 
-def solve_batch(A: np.ndarray, b: np.ndarray, *, tol: float = 1e-10, pivot_tol: float = 1e-13,
-                max_iter: int = 1000, kkt_tol: float = 1e-8, threads: int | None = None):
+def solve_batch(
+    A: np.ndarray,
+    b: np.ndarray,
+    *,
+    tol: float = 1e-10,
+    pivot_tol: float = 1e-13,
+    max_iter: int = 1000,
+    kkt_tol: float = 1e-8,
+    threads: int | None = None,
+):
     r"""Exact NNK for a batch: :math:`\min_{\theta\ge0}\tfrac12\theta^\top A\theta-b^\top\theta`.
 
     Args:
@@ -307,9 +316,24 @@ def solve_batch(A: np.ndarray, b: np.ndarray, *, tol: float = 1e-10, pivot_tol: 
     pivot = np.full(B, np.inf)
     iters = np.zeros(B, np.int64)
     if B:
-        _run_parallel(threads, B, lambda nchunks: _solve_all(
-            A, b, float(tol), float(pivot_tol), int(max_iter), float(kkt_tol), nchunks,
-            theta, status, kkt, pivot, iters))
+        _run_parallel(
+            threads,
+            B,
+            lambda nchunks: _solve_all(
+                A,
+                b,
+                float(tol),
+                float(pivot_tol),
+                int(max_iter),
+                float(kkt_tol),
+                nchunks,
+                theta,
+                status,
+                kkt,
+                pivot,
+                iters,
+            ),
+        )
     return theta, status, kkt, pivot, iters
 
 
@@ -319,7 +343,7 @@ def _run_parallel(threads: int | None, m: int, kernel) -> None:
     A few chunks per thread, handed out one at a time, so one slow (or descheduled) thread does
     not hold the rest.
     """
-    cap = numba.config.NUMBA_NUM_THREADS
+    cap = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]  # set from the environment at import
     n = cap if threads is None else max(1, min(int(threads), cap))
     old = numba.get_num_threads()
     numba.set_num_threads(n)
@@ -436,8 +460,9 @@ def _systems_all(U, V, Vq, idx, clamp, nchunks, m, M):
                     Ms[bb, a] = v
 
 
-def kernel_systems(U: np.ndarray, V: np.ndarray, Vq: np.ndarray, idx: np.ndarray, *, clamp: bool = False,
-                   threads: int | None = None):
+def kernel_systems(
+    U: np.ndarray, V: np.ndarray, Vq: np.ndarray, idx: np.ndarray, *, clamp: bool = False, threads: int | None = None
+):
     r"""Per query s: :math:`m_{sa}=u_{i_a}^\top v^q_s` and :math:`M_{sab}=u_{i_a}^\top v_{i_b}`.
 
     With ``V`` the same table as ``U`` these are inner products (the cosine kernel); with the

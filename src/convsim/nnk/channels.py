@@ -25,17 +25,21 @@ among the other samples, :math:`\hat y_i=\arg\max_c\sum_j\tilde\theta_{ij}[y_j=c
 smaller class index); the error is the fraction of samples with :math:`\hat y_i\ne y_i`, a sample
 with no neighbours counting as an error.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from convsim._internal.hooks import capture
 from convsim._internal.layers import select_conv_layers
-from convsim.nnk.neighbors import _check_options, nnk_core
+from convsim._internal.modes import eval_mode
+from convsim.nnk.neighbors import nnk_core
+from convsim.nnk.options import NNKOptions, resolve_options
 
 __all__ = ["ChannelOverlap", "channel_overlap", "channel_loo_error", "layer_overlap", "overlap_stats", "loo_error"]
 
@@ -79,10 +83,10 @@ class ChannelOverlap:
     duplicate_fraction: torch.Tensor
     ill_conditioned_fraction: torch.Tensor
     saturated: torch.Tensor
-    loo_error: Optional[torch.Tensor] = None
-    layer_loo_error: Optional[torch.Tensor] = None
-    indices: Optional[torch.Tensor] = None
-    weights: Optional[torch.Tensor] = None
+    loo_error: torch.Tensor | None = None
+    layer_loo_error: torch.Tensor | None = None
+    indices: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
     options: dict = field(default_factory=dict)
 
     def _offdiag_mean(self, M: torch.Tensor) -> float:
@@ -142,18 +146,22 @@ class ChannelOverlap:
         return d
 
 
-def _as_points(activations) -> torch.Tensor:
+def _as_points(activations: object) -> torch.Tensor:
     if not isinstance(activations, torch.Tensor):
-        raise TypeError(f"activations must be a torch.Tensor of shape (N, C, *spatial), got {type(activations).__name__}")
+        raise TypeError(
+            f"activations must be a torch.Tensor of shape (N, C, *spatial), got {type(activations).__name__}"
+        )
     if activations.dim() < 2 or not activations.is_floating_point():
-        raise ValueError(f"activations must be a floating tensor of shape (N, C, *spatial), got shape "
-                         f"{tuple(activations.shape)} {activations.dtype}")
+        raise ValueError(
+            f"activations must be a floating tensor of shape (N, C, *spatial), got shape "
+            f"{tuple(activations.shape)} {activations.dtype}"
+        )
     if not torch.isfinite(activations).all():
         raise ValueError("activations must be finite (no NaN or inf)")
     return activations.detach().reshape(activations.shape[0], activations.shape[1], -1)
 
 
-def _check_labels(labels, N: int) -> torch.Tensor:
+def _check_labels(labels: object, N: int) -> torch.Tensor:
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a torch.Tensor of shape ({N},), got {type(labels).__name__}")
     if labels.shape != (N,) or labels.is_floating_point() or labels.dtype == torch.bool:
@@ -168,8 +176,9 @@ def _dead(A: torch.Tensor, dead_tol: float) -> torch.Tensor:
     return (A.amax(0) - A.amin(0)).amax(-1) <= dead_tol
 
 
-def loo_error(indices: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor,
-              query_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+def loo_error(
+    indices: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor, query_labels: torch.Tensor | None = None
+) -> torch.Tensor:
     r"""Leave-one-out NNK label-interpolation error of every group: (G,).
 
     ``indices``/``weights`` (G, q, k) are neighbourhoods of q queries among points labelled
@@ -262,7 +271,21 @@ def overlap_stats(indices: torch.Tensor, weights: torch.Tensor, *, max_pairs: in
     return {"jaccard": jac, "weighted": wov, "union": union, "total": total}
 
 
-def _pair_chunk(lo, hi, rep, starts, seg, pos, c_e, i_e, w_e, counts, C, jac_sum, wmin_sum):
+def _pair_chunk(
+    lo: int,
+    hi: int,
+    rep: torch.Tensor,
+    starts: torch.Tensor,
+    seg: torch.Tensor,
+    pos: torch.Tensor,
+    c_e: torch.Tensor,
+    i_e: torch.Tensor,
+    w_e: torch.Tensor,
+    counts: torch.Tensor,
+    C: int,
+    jac_sum: torch.Tensor,
+    wmin_sum: torch.Tensor,
+) -> None:
     """Accumulate M1 and M1w contributions of the entries lo:hi (whole points)."""
     dev = rep.device
     r = rep[lo:hi]
@@ -286,33 +309,83 @@ def _pair_chunk(lo, hi, rep, starts, seg, pos, c_e, i_e, w_e, counts, C, jac_sum
     wmin_sum.index_add_(0, ab, wmin)
 
 
-def _core_options(k, kernel, sigma, solver, threshold, jitter, duplicates, dup_tol, backend, max_elements, dtype,
-                  threads, solver_options) -> dict:
-    _check_options(k, kernel, sigma, solver, threshold, jitter, duplicates, backend)
-    return dict(k=k, kernel=kernel, sigma=sigma, solver=solver, threshold=threshold, jitter=jitter,
-                duplicates=duplicates, dup_tol=dup_tol, backend=backend, max_elements=max_elements, dtype=dtype,
-                threads=threads, solver_options=solver_options)
+def _per_channel(
+    A: torch.Tensor, live: torch.Tensor, options: NNKOptions, y: torch.Tensor | None, return_neighbors: bool
+) -> dict[str, Any]:
+    """NNK in every live channel of ``A`` (N, C, D), as one batched problem, and its statistics.
+
+    Returns per-channel ``counts`` (N, C), ``errors`` (N, C), ``zero``/``duplicate``/``ill``
+    fractions (C,), ``loo`` (C,) or ``None``, the overlap statistics ``stats``
+    (:func:`overlap_stats` of the live channels, or ``None`` without any) and, with
+    ``return_neighbors``, ``indices``/``weights`` (C, N, k) (else ``None``).
+    """
+    N, C, _ = A.shape
+    dev, dtype = A.device, options.dtype
+    counts = torch.zeros(N, C, dtype=torch.long, device=dev)
+    errors = torch.ones(N, C, dtype=dtype, device=dev)
+    frac = {name: torch.zeros(C, dtype=torch.float64, device=dev) for name in ("zero", "duplicate", "ill")}
+    loo = torch.ones(C, dtype=torch.float64, device=dev) if y is not None else None
+    out: dict[str, Any] = {
+        "counts": counts,
+        "errors": errors,
+        **frac,
+        "loo": loo,
+        "stats": None,
+        "indices": None,
+        "weights": None,
+    }
+    if not live.numel():
+        return out
+    r = nnk_core(A[:, live].permute(1, 0, 2), options=options)  # (C_live, N, D)
+    counts[:, live] = r["count"].T
+    errors[:, live] = r["error"].T.to(dtype)
+    frac["zero"][live] = r["zero"].double().mean(1)
+    frac["duplicate"][live] = r["duplicate"].double().mean(1)
+    frac["ill"][live] = r["ill_conditioned"].double().mean(1)
+    out["stats"] = overlap_stats(r["indices"], r["weights"])
+    if loo is not None and y is not None:
+        loo[live] = loo_error(r["indices"], r["weights"], y).double()
+    if return_neighbors:
+        k_ = r["indices"].shape[-1]
+        idx_all = torch.full((C, N, k_), -1, dtype=torch.long, device=dev)
+        w_all = torch.zeros(C, N, k_, dtype=dtype, device=dev)
+        idx_all[live], w_all[live] = r["indices"], r["weights"]
+        out["indices"], out["weights"] = idx_all, w_all
+    return out
+
+
+def _layer_measures(
+    stats: dict[str, torch.Tensor] | None, agg_counts: torch.Tensor, live: torch.Tensor, C: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(M1, M1w, M2, M3): the (C, C) matrices with zero rows for dead channels, and the two ratios."""
+    jac = torch.zeros(C, C, dtype=torch.float64, device=agg_counts.device)
+    wov = torch.zeros_like(jac)
+    if stats is None:
+        return jac, wov, jac.new_tensor(1.0), jac.new_tensor(0.0)
+    sel = (live.unsqueeze(1), live.unsqueeze(0))
+    jac[sel], wov[sel] = stats["jaccard"].double(), stats["weighted"].double()
+    total = stats["total"]
+    ok = total > 0
+    if not bool(ok.any()):
+        return jac, wov, jac.new_tensor(1.0), jac.new_tensor(0.0)
+    union_ratio = (stats["union"][ok].double() / total[ok].double()).mean()
+    agg_ratio = (agg_counts[ok].double() / total[ok].double()).mean()
+    return jac, wov, union_ratio, agg_ratio
+
+
+def _check_k(k: int, N: int) -> None:
+    if k >= N:
+        raise ValueError(f"k={k} must be smaller than the number of samples N={N}")
 
 
 def channel_overlap(
     activations: torch.Tensor,
     *,
-    k: int = 25,
-    kernel: str = "cosine",
-    labels: Optional[torch.Tensor] = None,
-    solver: str = "exact",
-    sigma: Optional[float] = None,
-    threshold: float = 1e-10,
-    jitter: float = 1e-8,
-    duplicates: str = "drop",
-    dup_tol: float = 1e-9,
+    labels: torch.Tensor | None = None,
     dead_tol: float = 0.0,
-    backend: str = "auto",
-    max_elements: int = 2**24,
-    dtype: torch.dtype = torch.float64,
-    threads: Optional[int] = 1,
     return_neighbors: bool = False,
-    solver_options: Optional[dict] = None,
+    options: NNKOptions | None = None,
+    **overrides: Any,
 ) -> ChannelOverlap:
     r"""CW-NNK analysis of one layer's activations (N, C, *spatial).
 
@@ -320,10 +393,13 @@ def channel_overlap(
     (the channel's flattened map as the point; all channels are one batched problem) and in the
     layer space (all channels concatenated), then the overlap measures M1, M1w, M2, M3 of this
     module's docstring are computed, plus the LOO error per channel and for the layer when
-    ``labels`` (N,) are given. ``duplicates`` defaults to ``"drop"`` (CW-DeepNNK: identical
-    responses are not neighbours unless every candidate is one); a channel is dead when its
-    maps differ across samples by at most ``dead_tol``. Other options as in
-    :func:`~convsim.nnk.nnk_neighbors`.
+    ``labels`` (N,) are given. A channel is dead when its maps differ across samples by at most
+    ``dead_tol``; ``return_neighbors`` keeps the per-channel neighbourhoods.
+
+    The NNK settings are an :class:`~convsim.nnk.options.NNKOptions` ``options`` and/or its fields
+    as keywords (``k``, ``kernel``, ``solver``, ``search``, ...; keywords override ``options``).
+    Without ``options``, ``duplicates`` defaults to ``"drop"`` (CW-DeepNNK: identical responses
+    are not neighbours unless every candidate is one); an ``options`` object is used as it is.
 
     Returns:
         :class:`ChannelOverlap` (``to_dict()`` for JSON).
@@ -337,81 +413,46 @@ def channel_overlap(
     """
     A = _as_points(activations)
     N, C, D = A.shape
-    if isinstance(k, int) and not isinstance(k, bool) and k >= N:
-        raise ValueError(f"k={k} must be smaller than the number of samples N={N}")
-    opts = _core_options(k, kernel, sigma, solver, threshold, jitter, duplicates, dup_tol, backend, max_elements,
-                         dtype, threads, solver_options)
+    opts = resolve_options(options, overrides, "channel_overlap", duplicates="drop")
+    _check_k(opts.k, N)
     y = None if labels is None else _check_labels(labels, N).to(A.device)
     dead = _dead(A, dead_tol)
     live = torch.nonzero(~dead).squeeze(1)
-    dev = A.device
-    counts = torch.zeros(N, C, dtype=torch.long, device=dev)
-    errors = torch.ones(N, C, dtype=dtype, device=dev)
-    zero_frac = torch.zeros(C, dtype=torch.float64, device=dev)
-    dup_frac = torch.zeros_like(zero_frac)
-    ill_frac = torch.zeros_like(zero_frac)
-    loo = torch.ones(C, dtype=torch.float64, device=dev) if y is not None else None
-    idx_all = w_all = None
-    Cl = live.numel()
-    if Cl:
-        Xc = A[:, live].permute(1, 0, 2)  # (C_live, N, D)
-        r = nnk_core(Xc, **opts)
-        counts[:, live] = r["count"].T
-        errors[:, live] = r["error"].T.to(dtype)
-        zero_frac[live] = r["zero"].double().mean(1)
-        dup_frac[live] = r["duplicate"].double().mean(1)
-        ill_frac[live] = r["ill_conditioned"].double().mean(1)
-        st = overlap_stats(r["indices"], r["weights"])
-        if y is not None:
-            loo[live] = loo_error(r["indices"], r["weights"], y).double()
-        if return_neighbors:
-            k_ = r["indices"].shape[-1]
-            idx_all = torch.full((C, N, k_), -1, dtype=torch.long, device=dev)
-            w_all = torch.zeros(C, N, k_, dtype=dtype, device=dev)
-            idx_all[live], w_all[live] = r["indices"], r["weights"]
-    agg = nnk_core(A.reshape(1, N, C * D), **opts)
+    ch = _per_channel(A, live, opts, y, return_neighbors)
+    agg = nnk_core(A.reshape(1, N, C * D), options=opts)
     agg_counts = agg["count"][0]
-    jac = torch.zeros(C, C, dtype=torch.float64, device=dev)
-    wov = torch.zeros_like(jac)
-    if Cl:
-        sel = (live.unsqueeze(1), live.unsqueeze(0))
-        jac[sel], wov[sel] = st["jaccard"].double(), st["weighted"].double()
-        total = st["total"]
-        ok = total > 0
-        union_ratio = (st["union"][ok].double() / total[ok].double()).mean() if bool(ok.any()) else jac.new_tensor(1.0)
-        agg_ratio = (agg_counts[ok].double() / total[ok].double()).mean() if bool(ok.any()) else jac.new_tensor(0.0)
-    else:
-        union_ratio, agg_ratio = jac.new_tensor(1.0), jac.new_tensor(0.0)
+    jac, wov, union_ratio, agg_ratio = _layer_measures(ch["stats"], agg_counts, live, C)
     layer_loo = loo_error(agg["indices"], agg["weights"], y)[0].double() if y is not None else None
-    options = {key: (str(v) if key == "dtype" else v) for key, v in opts.items()
-               if key not in ("solver_options", "threads")}
-    options.update(dead_tol=dead_tol, n_samples=N)
     return ChannelOverlap(
-        counts=counts, aggregate_counts=agg_counts, errors=errors, aggregate_errors=agg["error"][0],
-        jaccard=jac, weighted_overlap=wov, union_ratio=union_ratio, aggregate_ratio=agg_ratio, dead=dead,
-        zero_fraction=zero_frac, duplicate_fraction=dup_frac, ill_conditioned_fraction=ill_frac,
-        saturated=(agg_counts >= SATURATION * k).double().mean(), loo_error=loo, layer_loo_error=layer_loo,
-        indices=idx_all, weights=w_all, options=options)
+        counts=ch["counts"],
+        aggregate_counts=agg_counts,
+        errors=ch["errors"],
+        aggregate_errors=agg["error"][0],
+        jaccard=jac,
+        weighted_overlap=wov,
+        union_ratio=union_ratio,
+        aggregate_ratio=agg_ratio,
+        dead=dead,
+        zero_fraction=ch["zero"],
+        duplicate_fraction=ch["duplicate"],
+        ill_conditioned_fraction=ch["ill"],
+        saturated=(agg_counts >= SATURATION * opts.k).double().mean(),
+        loo_error=ch["loo"],
+        layer_loo_error=layer_loo,
+        indices=ch["indices"],
+        weights=ch["weights"],
+        options={**opts.summary(), "dead_tol": dead_tol, "n_samples": N},
+    )
 
 
 def channel_loo_error(
     activations: torch.Tensor,
     labels: torch.Tensor,
     *,
-    k: int = 25,
-    kernel: str = "cosine",
-    n_queries: Optional[int] = None,
-    solver: str = "exact",
-    sigma: Optional[float] = None,
-    threshold: float = 1e-10,
-    jitter: float = 1e-8,
-    duplicates: str = "drop",
-    dup_tol: float = 1e-9,
+    n_queries: int | None = None,
     dead_tol: float = 0.0,
-    backend: str = "auto",
-    max_elements: int = 2**24,
-    dtype: torch.dtype = torch.float64,
-    threads: Optional[int] = 1,
+    options: NNKOptions | None = None,
+    **overrides: Any,
 ) -> torch.Tensor:
     r"""Per-channel leave-one-out NNK label-interpolation error (CW-DeepNNK): (C,) float64.
 
@@ -419,9 +460,10 @@ def channel_loo_error(
     NNK neighbours among the *other* N-1 samples in channel space,
     :math:`\hat y_i=\arg\max_y\sum_j\tilde\theta^c_{ij}[y_j=y]`, and the error is the fraction
     with :math:`\hat y_i\ne y_i` (no neighbours counts as an error; ties go to the smaller class).
-    Dead channels (constant across samples) get 1.0. Only the per-channel NNK is computed, so this
-    is much cheaper than :func:`channel_overlap`; it is the quantity the trainer's channel-wise
-    early stopping monitors.
+    Dead channels (constant across samples, within ``dead_tol``) get 1.0. Only the per-channel NNK
+    is computed, so this is much cheaper than :func:`channel_overlap`; it is the quantity the
+    trainer's channel-wise early stopping monitors. NNK settings (``options`` and keywords,
+    ``duplicates="drop"`` by default) as in :func:`channel_overlap`.
 
     Example:
         >>> _ = torch.manual_seed(0)
@@ -434,10 +476,8 @@ def channel_loo_error(
     """
     A = _as_points(activations)
     N, C, D = A.shape
-    if isinstance(k, int) and not isinstance(k, bool) and k >= N:
-        raise ValueError(f"k={k} must be smaller than the number of samples N={N}")
-    opts = _core_options(k, kernel, sigma, solver, threshold, jitter, duplicates, dup_tol, backend, max_elements,
-                         dtype, threads, None)
+    opts = resolve_options(options, overrides, "channel_loo_error", duplicates="drop")
+    _check_k(opts.k, N)
     y = _check_labels(labels, N).to(A.device)
     qi = None
     if n_queries is not None:
@@ -448,7 +488,7 @@ def channel_loo_error(
     live = torch.nonzero(~dead).squeeze(1)
     err = torch.ones(C, dtype=torch.float64, device=A.device)
     if live.numel():
-        r = nnk_core(A[:, live].permute(1, 0, 2), query_index=qi, **opts)
+        r = nnk_core(A[:, live].permute(1, 0, 2), query_index=qi, options=opts)
         err[live] = loo_error(r["indices"], r["weights"], y, None if qi is None else y[qi]).double()
     return err
 
@@ -457,13 +497,13 @@ def layer_overlap(
     model: nn.Module,
     data: torch.Tensor,
     *,
-    layers: Optional[Sequence[str]] = None,
+    layers: Sequence[str] | None = None,
     n_samples: int = 2000,
     batch_size: int = 256,
-    labels: Optional[torch.Tensor] = None,
+    labels: torch.Tensor | None = None,
     seed: int = 0,
-    **options,
-) -> dict:
+    **channel_options: Any,
+) -> dict[str, ChannelOverlap]:
     r"""CW-NNK analysis (:func:`channel_overlap`) of several layers of ``model``.
 
     Args:
@@ -476,7 +516,8 @@ def layer_overlap(
         batch_size: forward batch size. Activations are captured one layer at a time (one
             forward pass over the samples per layer) so memory holds a single layer.
         labels: (N,) integer labels for the LOO errors.
-        **options: passed to :func:`channel_overlap` (``k``, ``kernel``, ``solver``, ...).
+        **channel_options: passed to :func:`channel_overlap`: the NNK settings (``k``, ``kernel``,
+            ``solver``, ..., or ``options=NNKOptions(...)``), ``dead_tol``, ``return_neighbors``.
 
     Returns:
         ``{layer name: ChannelOverlap}`` in network order.
@@ -499,7 +540,7 @@ def layer_overlap(
     N = data.shape[0]
     if labels is not None:
         labels = _check_labels(labels, N)
-    if N > n_samples:
+    if n_samples < N:
         g = torch.Generator().manual_seed(seed)
         pick = torch.randperm(N, generator=g)[:n_samples].sort().values
         data = data[pick.to(data.device)]
@@ -514,17 +555,13 @@ def layer_overlap(
         device = next(model.parameters()).device
     except StopIteration:
         device = data.device
-    was_training = model.training
-    model.eval()
     results = {}
-    try:
+    with eval_mode(model):
         for name in layers:
             chunks = []
             with torch.no_grad(), capture(model, [name]) as store:
                 for s in range(0, data.shape[0], batch_size):
-                    model(data[s:s + batch_size].to(device))
+                    model(data[s : s + batch_size].to(device))
                     chunks.append(store[name])
-            results[name] = channel_overlap(torch.cat(chunks), labels=labels, **options)
-    finally:
-        model.train(was_training)
+            results[name] = channel_overlap(torch.cat(chunks), labels=labels, **channel_options)
     return results

@@ -12,13 +12,17 @@ kept only when
 
 The graph is then :math:`W = \max(W_{\to}, W_{\to}^\top)`.
 """
+
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
 from convsim.nnk.neighbors import NNKResult, nnk_neighbors
+from convsim.nnk.options import NNKOptions
 
 __all__ = ["nnk_graph", "graph_from_result"]
 
@@ -51,12 +55,14 @@ def graph_from_result(result: NNKResult) -> sp.csr_matrix:
     return W.maximum(W.T).tocsr()
 
 
-def nnk_graph(X: torch.Tensor, **options) -> sp.csr_matrix:
+def nnk_graph(X: torch.Tensor, *, options: NNKOptions | None = None, **overrides: Any) -> sp.csr_matrix:
     r"""Symmetric NNK graph of the points ``X`` (n, d) as a ``scipy.sparse`` CSR matrix (n, n).
 
-    ``options`` are those of :func:`~convsim.nnk.nnk_neighbors` (``k``, ``kernel``, ``sigma``,
-    ``solver``, ...), except ``queries``. Entry :math:`W_{ij}` is the NNK weight of the edge kept
-    by the rule in this module's docstring; the diagonal is empty.
+    The NNK settings are those of :func:`~convsim.nnk.nnk_neighbors`: an
+    :class:`~convsim.nnk.options.NNKOptions` ``options`` and/or its fields as keywords (``k``,
+    ``kernel``, ``sigma``, ``solver``, ...); ``queries`` are not supported. Entry :math:`W_{ij}`
+    is the NNK weight of the edge kept by the rule in this module's docstring; the diagonal is
+    empty.
 
     Example:
         >>> X = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
@@ -64,6 +70,6 @@ def nnk_graph(X: torch.Tensor, **options) -> sp.csr_matrix:
         >>> (W != W.T).nnz, W.nnz  # symmetric; a path graph 0-1-2-3 has 3 edges (6 entries)
         (0, 6)
     """
-    if "queries" in options:
+    if "queries" in overrides:
         raise TypeError("nnk_graph builds a graph on X itself; queries are not supported")
-    return graph_from_result(nnk_neighbors(X, **options))
+    return graph_from_result(nnk_neighbors(X, options=options, **overrides))

@@ -30,20 +30,21 @@ Conventions for degenerate data (flags, never NaN):
   ``ill_conditioned`` when some neighbour lies within :math:`10^{-3}` (squared distance
   :math:`10^{-6}`) of the span of the others in kernel space.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from functools import cached_property
+from typing import Any
 
 import torch
 
 from convsim.nnk import search
-from convsim.nnk.solvers import SOLVERS, cpu_threads, matvec, solve, use_compiled, uses_compiled_solver
+from convsim.nnk.options import DUPLICATES, KERNELS, NNKOptions, resolve_options
+from convsim.nnk.solvers import SolveResult, cpu_threads, matvec, solve, use_compiled, uses_compiled_solver
 
-__all__ = ["NNKResult", "nnk_neighbors", "KERNELS", "DUPLICATES"]
+__all__ = ["NNKResult", "NNKOptions", "nnk_neighbors", "KERNELS", "DUPLICATES"]
 
-KERNELS = ("cosine", "gaussian")
-DUPLICATES = ("keep", "drop")
 ILL_CONDITIONED_PIVOT = 1e-6
 
 
@@ -65,7 +66,8 @@ class NNKResult:
         ill_conditioned: (n,) see the module docstring.
         converged: (n,) the solver met its stopping rule.
         kkt: (n,) largest KKT violation of the solution (jittered problem).
-        options: the settings used (kernel, k, solver, threshold, jitter, duplicates, ...).
+        options: the settings used, :meth:`NNKOptions.summary` (kernel, k, solver, threshold,
+            jitter, duplicates, search, ...).
     """
 
     indices: torch.Tensor
@@ -73,13 +75,13 @@ class NNKResult:
     weights: torch.Tensor
     error: torch.Tensor
     count: torch.Tensor
-    sigma: Optional[torch.Tensor]
+    sigma: torch.Tensor | None
     zero: torch.Tensor
     duplicate: torch.Tensor
     ill_conditioned: torch.Tensor
     converged: torch.Tensor
     kkt: torch.Tensor
-    options: dict = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def normalized_weights(self) -> torch.Tensor:
         r"""Interpolation weights :math:`\tilde\theta=\theta/\sum_j\theta_j` (rows of zeros stay 0).
@@ -93,42 +95,22 @@ class NNKResult:
         return torch.where(s > 0, self.weights / s.clamp_min(torch.finfo(self.weights.dtype).tiny), 0.0)
 
 
-def _check_options(k, kernel, sigma, solver, threshold, jitter, duplicates, backend):
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise TypeError(f"k must be an int, got {type(k).__name__}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    if sigma is not None:
-        if kernel != "gaussian":
-            raise ValueError("sigma is only used by the gaussian kernel")
-        if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not sigma > 0:
-            raise ValueError(f"sigma must be a positive number or None (per-query rule), got {sigma!r}")
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
-    if not threshold >= 0:
-        raise ValueError(f"threshold must be >= 0, got {threshold}")
-    if not jitter >= 0:
-        raise ValueError(f"jitter must be >= 0, got {jitter}")
-    if duplicates not in DUPLICATES:
-        raise ValueError(f"duplicates must be one of {DUPLICATES}, got {duplicates!r}")
-    if backend not in search.BACKENDS:
-        raise ValueError(f"backend must be one of {search.BACKENDS}, got {backend!r}")
-    if backend == "faiss" and not search.faiss_available():
-        raise ValueError("backend='faiss' needs the optional faiss package (pip install faiss-cpu)")
-
-
-def _resolve_backend(backend: str, X: torch.Tensor) -> str:
-    if backend == "auto":
+def _resolve_search(search_: str, X: torch.Tensor) -> str:
+    if search_ == "auto":
         # the k-d tree is not chosen automatically: on 2 cores it measured no faster than the
         # batched matmul + topk for 2000 points in 4-9 dims (benchmarks/results/nnk.md)
         return "faiss" if X.device.type == "cpu" and search.faiss_available() else "torch"
-    return backend
+    return search_
 
 
-def _gram_systems(kernel, blk, sq_x, dtype):
-    """Kernel systems from a whole-group Gram matrix: (b, K, dist2), all (Gc, q, ...)."""
+def _gram_systems(
+    kernel: str, blk: search.Block, sq_x: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Kernel systems from a whole-group Gram matrix: (b, K, dist2), all (Gc, q, ...).
+
+    For the Gaussian kernel ``b`` and ``K`` are squared distances (the bandwidth is applied later).
+    """
+    assert blk.gram is not None
     gram, idx = blk.gram.to(dtype), blk.index
     Gc, q, k = idx.shape
     n = gram.shape[-1]
@@ -147,11 +129,14 @@ def _gram_systems(kernel, blk, sq_x, dtype):
         K = (ip_c / (nc.unsqueeze(-1) * nc.unsqueeze(-2))).clamp_(-1, 1).mul_(0.5).add_(0.5)
     else:
         K = (sq_c.unsqueeze(-1) + sq_c.unsqueeze(-2)).sub_(ip_c, alpha=2).clamp_min_(0)
-        b = None
+        b = dist2
     return b, K, dist2
 
 
-def _features(kernel: str, X: torch.Tensor):
+_Tables = tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _features(kernel: str, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Per-point tables whose inner products give the kernel systems in one batched product.
 
     cosine: :math:`u=[1, x/\|x\|]/\sqrt2`, so :math:`u_a^\top u_b=\tfrac12+\tfrac12\cos`.
@@ -161,12 +146,20 @@ def _features(kernel: str, X: torch.Tensor):
     one = torch.ones_like(sq)
     if kernel == "cosine":
         Xn = X / sq.sqrt().clamp_min(torch.finfo(X.dtype).tiny)
-        u = torch.cat([one, Xn], -1) * 0.5 ** 0.5
+        u = torch.cat([one, Xn], -1) * 0.5**0.5
         return u, u
     return torch.cat([X, sq, one], -1), torch.cat([-2 * X, one, sq], -1)
 
 
-def _point_systems(kernel, U, V, Uq, Vq, idx, threads=None):
+def _point_systems(
+    kernel: str,
+    U: torch.Tensor,
+    V: torch.Tensor | None,
+    Uq: torch.Tensor,
+    Vq: torch.Tensor,
+    idx: torch.Tensor,
+    threads: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Kernel systems from gathered feature rows: (b_or_dist2, K_or_D2), shapes (Gc, q, k[, k]).
 
     ``U``/``V`` (Gc, n, f) are the feature tables of :func:`_features` (``V`` is ``None`` for the
@@ -183,9 +176,14 @@ def _point_systems(kernel, U, V, Uq, Vq, idx, threads=None):
         from convsim.nnk import _numba
 
         Un = U.reshape(Gc * n, f).numpy()
-        m, M = _numba.kernel_systems(Un, Un if V is None else V.reshape(Gc * n, f).numpy(),
-                                     vq.reshape(Gc * q, f).numpy(), flat.view(Gc * q, k).numpy(),
-                                     clamp=V is not None, threads=threads)
+        m, M = _numba.kernel_systems(
+            Un,
+            Un if V is None else V.reshape(Gc * n, f).numpy(),
+            vq.reshape(Gc * q, f).numpy(),
+            flat.view(Gc * q, k).numpy(),
+            clamp=V is not None,
+            threads=threads,
+        )
         return torch.from_numpy(m).view(Gc, q, k), torch.from_numpy(M).view(Gc, q, k, k)
     Zu = U.reshape(Gc * n, f).index_select(0, flat).view(Gc * q, k, f)
     Zv = Zu if V is None else V.reshape(Gc * n, f).index_select(0, flat).view(Gc * q, k, f)
@@ -197,204 +195,308 @@ def _point_systems(kernel, U, V, Uq, Vq, idx, threads=None):
     return m, M.view(Gc, q, k, k)
 
 
+@dataclass
+class _Prepared:
+    """The prepare step's output: the points of one run centred, cast and flagged, and its plan.
+
+    Attributes:
+        X: (G, n, d) points the candidates are searched in (their own dtype; centred for the
+            Gaussian kernel, whose distances are translation invariant).
+        queries: (G, q, d) external queries (centred likewise), or ``None``.
+        query_index: (q,) points of ``X`` that are the queries, or ``None`` (all of them).
+        X64, Q64: ``X`` and ``queries`` in the compute dtype.
+        sq_x: (G, n) squared norms of ``X64``.
+        zero_q: (G, q) the query is the zero vector (of the raw points).
+        banned: (G, n) points that may not be candidates (zero points, cosine kernel), or ``None``.
+        search: the resolved k-NN search (never ``"auto"``).
+        use_gram: ask the search for whole-group Gram matrices.
+        torch_threads: torch's thread setting at the start (for the large products and the
+            compiled kernels; the small operations run with ``options.threads``).
+    """
+
+    kernel: str
+    X: torch.Tensor
+    queries: torch.Tensor | None
+    query_index: torch.Tensor | None
+    X64: torch.Tensor
+    Q64: torch.Tensor | None
+    sq_x: torch.Tensor
+    zero_q: torch.Tensor
+    banned: torch.Tensor | None
+    search: str
+    use_gram: bool
+    torch_threads: int
+
+    @cached_property
+    def tables(self) -> _Tables:
+        """Feature tables of the points and of the queries, built when the first block needs them."""
+        x = _features(self.kernel, self.X64)
+        return x, (x if self.Q64 is None else _features(self.kernel, self.Q64))
+
+
+def _prepare(
+    X: torch.Tensor, queries: torch.Tensor | None, query_index: torch.Tensor | None, options: NNKOptions
+) -> _Prepared:
+    """The prepare step of :func:`nnk_core`: flags, centring, casts and the search plan."""
+    G, n, d = X.shape
+    torch_threads = torch.get_num_threads()  # for the large products and the compiled kernels
+    if query_index is not None:
+        query_index = query_index.to(X.device)
+    zero_x = (X == 0).all(-1)  # flags refer to the raw points
+    if queries is not None:
+        zero_q = (queries == 0).all(-1)
+    elif query_index is not None:
+        zero_q = zero_x[:, query_index]
+    else:
+        zero_q = zero_x
+    if options.kernel == "gaussian":  # distances are translation invariant; centring keeps them accurate
+        mean = X.mean(1, keepdim=True)
+        X = X - mean
+        queries = None if queries is None else queries - mean
+    X64 = X.to(options.dtype)
+    banned = zero_x if options.kernel == "cosine" and bool(zero_x.any()) else None
+    k = options.k
+    # A whole-group Gram (n^2 d, float64) beats gathering each query's k candidates (n k^2 d) only
+    # when the vectors are long and n is small next to k^2.
+    return _Prepared(
+        kernel=options.kernel,
+        X=X,
+        queries=queries,
+        query_index=query_index,
+        X64=X64,
+        Q64=None if queries is None else queries.to(options.dtype),
+        sq_x=(X64 * X64).sum(-1),
+        zero_q=zero_q,
+        banned=banned,
+        search=_resolve_search(options.search, X),
+        use_gram=d >= 4 * k and n <= k * k,
+        torch_threads=torch_threads,
+    )
+
+
+def _block_systems(
+    prep: _Prepared, blk: search.Block, options: NNKOptions
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Kernel systems of one candidate block: (b, K, valid, dist2, sigma), shapes (Gc, q, k[, k]).
+
+    ``b`` is the kernel to the query, ``K`` among the candidates (unit diagonal, no jitter yet),
+    ``valid`` marks real candidates (and, under the cosine kernel, non-zero queries), ``dist2``
+    the squared distances (``inf`` where missing) and ``sigma`` the Gaussian bandwidths.
+    """
+    kernel, dtype, idx = options.kernel, options.dtype, blk.index
+    Gc, qc, _ = idx.shape
+    valid = idx >= 0
+    if kernel == "cosine":
+        valid &= ~prep.zero_q[blk.groups, blk.rows].unsqueeze(-1)
+    if blk.gram is not None:
+        b, K, dist2 = _gram_systems(kernel, blk, prep.sq_x, dtype)
+    else:
+        (U, V), (Uq, Vq) = prep.tables
+        gs, rs = blk.groups, blk.rows
+        rows = rs if prep.query_index is None else prep.query_index[rs]
+        b, K = _point_systems(
+            kernel,
+            U[gs],
+            None if kernel == "cosine" else V[gs],
+            Uq[gs][:, rows],
+            Vq[gs][:, rows],
+            idx,
+            prep.torch_threads,
+        )
+        # Gaussian tables give float64 squared distances; for cosine keep the search's distances
+        dist2 = b if kernel == "gaussian" else blk.dist2.to(dtype)
+    dist2 = dist2.masked_fill_(~(idx >= 0), float("inf"))
+    sig = None
+    if kernel == "gaussian":
+        if options.sigma is not None:
+            sig = torch.full((Gc, qc), float(options.sigma), dtype=dtype, device=idx.device)
+        else:  # distance to the farthest found candidate / 3
+            last = ((idx >= 0).sum(-1) - 1).clamp_min(0)
+            sig = dist2.gather(-1, last.unsqueeze(-1)).squeeze(-1).sqrt() / 3
+            sig = torch.where((idx >= 0).any(-1), sig, torch.zeros_like(sig))
+        scale = -0.5 / (sig * sig).clamp_min(torch.finfo(dtype).tiny)
+        b = (dist2 * scale.unsqueeze(-1)).exp_()
+        K = K.mul_(scale.view(Gc, qc, 1, 1)).exp_()
+    K.diagonal(dim1=-2, dim2=-1).fill_(1.0)
+    return b, K, valid, dist2, sig
+
+
+def _solver_plan(options: NNKOptions, device: torch.device, torch_threads: int) -> tuple[dict[str, Any], int]:
+    """Keyword arguments of the solver and the smallest batch of systems worth one solve."""
+    kwargs = dict(options.solver_options or {})
+    # The compiled solver splits the batch over its own workers in chunks handed out one at a
+    # time, so it uses every thread torch may use; ``threads`` is for the small torch operations.
+    compiled = options.solver == "exact" and uses_compiled_solver(device, options.dtype, kwargs.get("engine", "auto"))
+    kwargs.setdefault("threads", torch_threads if compiled else options.threads)
+    # systems per batched solve: large enough to amortise the solver's per-iteration overhead,
+    # small enough that the (k+1)^2 tableaux (about 24 MB) stay in a CPU's last-level cache
+    k = options.k
+    solve_batch = min(16384, max(1024, 3 * 2**20 // ((k + 1) * (k + 1))))
+    kwargs.setdefault("batch_size", solve_batch)
+    return kwargs, solve_batch // 4  # smaller blocks are gathered into one solve
+
+
+def _empty_output(G: int, q: int, options: NNKOptions, device: torch.device) -> dict[str, torch.Tensor]:
+    """The output tensors of :func:`nnk_core`, filled with the values of a query without candidates."""
+    k, dtype = options.k, options.dtype
+    out = {
+        "indices": torch.full((G, q, k), -1, dtype=torch.long, device=device),
+        "distances": torch.full((G, q, k), float("inf"), dtype=dtype, device=device),
+        "weights": torch.zeros(G, q, k, dtype=dtype, device=device),
+        "error": torch.ones(G, q, dtype=dtype, device=device),
+        "duplicate": torch.zeros(G, q, dtype=torch.bool, device=device),
+        "ill_conditioned": torch.zeros(G, q, dtype=torch.bool, device=device),
+        "converged": torch.ones(G, q, dtype=torch.bool, device=device),
+        "kkt": torch.zeros(G, q, dtype=dtype, device=device),
+    }
+    if options.kernel == "gaussian":
+        out["sigma"] = torch.zeros(G, q, dtype=dtype, device=device)
+    return out
+
+
+class _SolveBatch:
+    """The solve and scatter steps: systems of blocks are gathered until there are ``min_batch``,
+    solved in one call and their results written into ``out`` (large blocks are never copied)."""
+
+    def __init__(
+        self, options: NNKOptions, solver_kwargs: dict[str, Any], min_batch: int, out: dict[str, torch.Tensor]
+    ) -> None:
+        self.options, self.solver_kwargs, self.min_batch, self.out = options, solver_kwargs, min_batch, out
+        self.pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, slice, slice, tuple[int, int]]] = []
+
+    def add(self, b: torch.Tensor, K: torch.Tensor, valid: torch.Tensor, groups: slice, rows: slice) -> None:
+        """Queue the systems (Gc, q, k[, k]) of one block; solve the queue once it is large enough."""
+        Gc, qc, k = b.shape
+        self.pending.append((b.reshape(-1, k), K.reshape(-1, k, k), valid.reshape(-1, k), groups, rows, (Gc, qc)))
+        if sum(p[0].shape[0] for p in self.pending) >= self.min_batch:
+            self.flush()
+
+    def flush(self) -> None:
+        """Solve the queued systems and scatter weights, errors and flags to their (group, query)."""
+        if not self.pending:
+            return
+        b = torch.cat([p[0] for p in self.pending])
+        K = torch.cat([p[1] for p in self.pending])
+        valid = torch.cat([p[2] for p in self.pending])
+        theta, dup, res = _solve_systems(b, K, valid, self.options, self.solver_kwargs)
+        jitter = self.options.jitter
+        # e = K_ii - 2 b'theta + theta' K theta, without the jitter (theta is 0 off the valid set)
+        quad = (theta * matvec(K, theta)).sum(-1) - jitter * (theta * theta).sum(-1)
+        err = (1 - 2 * (b * theta).sum(-1) + quad).clamp_min_(0)
+        results = {
+            "weights": theta,
+            "error": err,
+            "duplicate": dup.any(-1),
+            "ill_conditioned": res.pivot < ILL_CONDITIONED_PIVOT,
+            "converged": res.converged,
+            "kkt": res.kkt,
+        }
+        s0 = 0
+        for *_, gs, rs, shape in self.pending:
+            s1 = s0 + shape[0] * shape[1]
+            for name, v in results.items():
+                self.out[name][gs, rs] = v[s0:s1].view(*shape, *v.shape[1:])
+            s0 = s1
+        self.pending.clear()
+
+
 def nnk_core(
     X: torch.Tensor,
-    queries: Optional[torch.Tensor] = None,
+    queries: torch.Tensor | None = None,
     *,
-    query_index: Optional[torch.Tensor] = None,
-    k: int = 25,
-    kernel: str = "cosine",
-    sigma: Optional[float] = None,
-    solver: str = "exact",
-    threshold: float = 1e-10,
-    jitter: float = 1e-8,
-    duplicates: str = "keep",
-    dup_tol: float = 1e-9,
-    backend: str = "auto",
-    max_elements: int = 2**24,
-    dtype: torch.dtype = torch.float64,
-    threads: Optional[int] = 1,
-    solver_options: Optional[dict] = None,
-) -> dict:
+    query_index: torch.Tensor | None = None,
+    options: NNKOptions,
+) -> dict[str, torch.Tensor]:
     """NNK for G independent groups of points at once: ``X`` (G, n, d), ``queries`` (G, q, d).
 
     The shared engine behind :func:`nnk_neighbors` (G = 1) and the channel-wise analysis
-    (G = channels). ``query_index`` (q,) restricts the queries to some points of ``X`` (each
-    still excluded from its own candidates). Candidates are searched in the dtype of ``X``;
-    kernels and solves use ``dtype``. The search and the compiled kernels use torch's thread
-    setting, the small torch operations ``threads`` (see :func:`~convsim.nnk.solvers.cpu_threads`).
-    Returns a dict of (G, q, ...) tensors with the fields of :class:`NNKResult`.
+    (G = channels), in three steps: prepare (:func:`_prepare`), then per candidate block the
+    kernel systems (:func:`_block_systems`), solved in batches and scattered to their queries
+    (:class:`_SolveBatch`). ``query_index`` (q,) restricts the queries to some points of ``X``
+    (each still excluded from its own candidates). Candidates are searched in the dtype of ``X``;
+    kernels and solves use ``options.dtype``. The search and the compiled kernels use torch's
+    thread setting, the small torch operations ``options.threads`` (see
+    :func:`~convsim.nnk.solvers.cpu_threads`). Returns a dict of (G, q, ...) tensors with the
+    fields of :class:`NNKResult` (``sigma`` only for the Gaussian kernel). The caller validates
+    the inputs.
 
     Example:
         >>> X = torch.tensor([[[0.0], [1.0], [2.0]], [[0.0], [5.0], [6.0]]])  # two groups
-        >>> nnk_core(X, k=1, kernel="gaussian", sigma=1.0)["indices"].squeeze(-1)
+        >>> opts = NNKOptions(k=1, kernel="gaussian", sigma=1.0)
+        >>> nnk_core(X, options=opts)["indices"].squeeze(-1)
         tensor([[1, 0, 1],
                 [1, 2, 1]])
     """
     G, n, d = X.shape
-    dev = X.device
-    torch_threads = torch.get_num_threads()  # for the large products and the compiled kernels
-    if query_index is not None:
-        query_index = query_index.to(dev)
-    zero_x = (X == 0).all(-1)  # flags refer to the raw points
-    if queries is not None:
-        q, zero_q = queries.shape[1], (queries == 0).all(-1)
-    elif query_index is not None:
-        q, zero_q = query_index.numel(), zero_x[:, query_index]
-    else:
-        q, zero_q = n, zero_x
-    if kernel == "gaussian":  # distances are translation invariant; centring keeps them accurate
-        mean = X.mean(1, keepdim=True)
-        X = X - mean
-        queries = None if queries is None else queries - mean
-    X64 = X.to(dtype)
-    Q64 = None if queries is None else queries.to(dtype)
-    sq_x = (X64 * X64).sum(-1)
-    banned = zero_x if kernel == "cosine" and bool(zero_x.any()) else None
-    backend = _resolve_backend(backend, X)
-    # A whole-group Gram (n^2 d, float64) beats gathering each query's k candidates (n k^2 d) only
-    # when the vectors are long and n is small next to k^2.
-    use_gram = d >= 4 * k and n <= k * k
-    tables: dict = {}  # per-point feature tables, built when the first block needs them
-
-    def systems(blk):
-        """(b, K, dist2) of a block: kernel to the query, kernel among candidates, distances."""
-        if blk.gram is not None:
-            return _gram_systems(kernel, blk, sq_x, dtype)
-        if not tables:
-            tables["x"] = _features(kernel, X64)
-            tables["q"] = tables["x"] if queries is None else _features(kernel, Q64)
-        (U, V), (Uq, Vq) = tables["x"], tables["q"]
-        gs, rs = blk.groups, blk.rows
-        rows = rs if query_index is None else query_index[rs]
-        b, K = _point_systems(kernel, U[gs], None if kernel == "cosine" else V[gs],
-                              Uq[gs][:, rows], Vq[gs][:, rows], blk.index, torch_threads)
-        # Gaussian tables give float64 squared distances; for cosine keep the search's distances
-        return b, K, (b if kernel == "gaussian" else blk.dist2.to(dtype))
-
-    out = {
-        "indices": torch.full((G, q, k), -1, dtype=torch.long, device=dev),
-        "distances": torch.full((G, q, k), float("inf"), dtype=dtype, device=dev),
-        "weights": torch.zeros(G, q, k, dtype=dtype, device=dev),
-        "error": torch.ones(G, q, dtype=dtype, device=dev),
-        "sigma": torch.zeros(G, q, dtype=dtype, device=dev) if kernel == "gaussian" else None,
-        "duplicate": torch.zeros(G, q, dtype=torch.bool, device=dev),
-        "ill_conditioned": torch.zeros(G, q, dtype=torch.bool, device=dev),
-        "converged": torch.ones(G, q, dtype=torch.bool, device=dev),
-        "kkt": torch.zeros(G, q, dtype=dtype, device=dev),
-    }
-    opts = dict(solver_options or {})
-    # The compiled solver splits the batch over its own workers in chunks handed out one at a
-    # time, so it uses every thread torch may use; ``threads`` is for the small torch operations.
-    compiled = solver == "exact" and uses_compiled_solver(dev, dtype, opts.get("backend", "auto"))
-    opts.setdefault("threads", torch_threads if compiled else threads)
-    # systems per batched solve: large enough to amortise the solver's per-iteration overhead,
-    # small enough that the (k+1)^2 tableaux (about 24 MB) stay in a CPU's last-level cache
-    solve_batch = min(16384, max(1024, 3 * 2**20 // ((k + 1) * (k + 1))))
-    opts.setdefault("batch_size", solve_batch)
-    min_batch = solve_batch // 4  # smaller blocks are gathered into one solve
+    k = options.k
+    prep = _prepare(X, queries, query_index, options)
+    out = _empty_output(G, prep.zero_q.shape[1], options, X.device)
+    solver_kwargs, min_batch = _solver_plan(options, X.device, prep.torch_threads)
     blocks = search.candidate_blocks(
-        X, k, queries=queries, query_index=query_index, banned=banned, backend=backend,
-        max_elements=max_elements, gram_dtype=dtype, want_gram=use_gram,
-        row_cost=3 * k * k + (0 if use_gram else 2 * k * (d + 2)), threads=torch_threads)
-    pending: list = []  # systems of several small blocks are solved together
-
-    def flush():
-        if not pending:
-            return
-        cat = [torch.cat([p[i] for p in pending]) for i in range(3)]
-        b, K, valid = cat
-        theta, dup, res = _solve_systems(b, K, valid, solver, opts, threshold, jitter, duplicates, dup_tol)
-        # e = K_ii - 2 b'theta + theta' K theta, without the jitter (theta is 0 off the valid set)
-        quad = (theta * matvec(K, theta)).sum(-1) - jitter * (theta * theta).sum(-1)
-        err = (1 - 2 * (b * theta).sum(-1) + quad).clamp_min_(0)
-        ill = res.pivot < ILL_CONDITIONED_PIVOT
-        s0 = 0
-        for *_, gs, rs, shape in pending:
-            s1 = s0 + shape[0] * shape[1]
-            for name, v in (("weights", theta), ("error", err), ("duplicate", dup.any(-1)), ("ill_conditioned", ill),
-                            ("converged", res.converged), ("kkt", res.kkt)):
-                out[name][gs, rs] = v[s0:s1].view(*shape, *v.shape[1:])
-            s0 = s1
-        pending.clear()
-
-    with cpu_threads(threads, dev):  # the generator's small steps run under this setting too
+        prep.X,
+        k,
+        queries=prep.queries,
+        query_index=prep.query_index,
+        banned=prep.banned,
+        search=prep.search,
+        max_elements=options.max_elements,
+        gram_dtype=options.dtype,
+        want_gram=prep.use_gram,
+        row_cost=3 * k * k + (0 if prep.use_gram else 2 * k * (d + 2)),
+        threads=prep.torch_threads,
+    )
+    batch = _SolveBatch(options, solver_kwargs, min_batch, out)
+    with cpu_threads(options.threads, X.device):  # the generator's small steps run under this setting too
         for blk in blocks:
             gs, rs, idx = blk.groups, blk.rows, blk.index
-            Gc, qc = idx.shape[:2]
-            valid = idx >= 0
-            if kernel == "cosine":
-                valid &= ~zero_q[gs, rs].unsqueeze(-1)
-            b, K, dist2 = systems(blk)
-            del blk
-            dist2 = dist2.masked_fill_(~(idx >= 0), float("inf"))
-            if kernel == "gaussian":
-                if sigma is not None:
-                    sig = torch.full((Gc, qc), float(sigma), dtype=dtype, device=dev)
-                else:  # distance to the farthest found candidate / 3
-                    last = ((idx >= 0).sum(-1) - 1).clamp_min(0)
-                    sig = dist2.gather(-1, last.unsqueeze(-1)).squeeze(-1).sqrt() / 3
-                    sig = torch.where((idx >= 0).any(-1), sig, torch.zeros_like(sig))
-                out["sigma"][gs, rs] = sig
-                scale = -0.5 / (sig * sig).clamp_min(torch.finfo(dtype).tiny)
-                b = (dist2 * scale.unsqueeze(-1)).exp_()
-                K = K.mul_(scale.view(Gc, qc, 1, 1)).exp_()
-            K.diagonal(dim1=-2, dim2=-1).fill_(1.0)
+            b, K, valid, dist2, sig = _block_systems(prep, blk, options)
+            del blk  # a whole-group Gram is not needed for the solve
             out["indices"][gs, rs] = idx
             out["distances"][gs, rs] = dist2.sqrt()
-            pending.append((b.reshape(-1, k), K.reshape(-1, k, k), valid.reshape(-1, k), gs, rs, (Gc, qc)))
-            if sum(p[0].shape[0] for p in pending) >= min_batch:  # large blocks are never copied
-                flush()
-        flush()
+            if sig is not None:
+                out["sigma"][gs, rs] = sig
+            batch.add(b, K, valid, gs, rs)
+        batch.flush()
     out["count"] = (out["weights"] > 0).sum(-1)
-    out["zero"] = zero_q
+    out["zero"] = prep.zero_q
     return out
 
 
-def _solve_systems(b, K, valid, solver, opts, threshold, jitter, duplicates, dup_tol):
+def _solve_systems(
+    b: torch.Tensor, K: torch.Tensor, valid: torch.Tensor, options: NNKOptions, solver_kwargs: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor, SolveResult]:
     """Mask, jitter and solve systems b (B, k), K (B, k, k); K gets the jitter on its diagonal.
 
     Returns (theta, duplicate mask, SolveResult) with theta thresholded.
     """
     dtype = b.dtype
-    dup = valid & (b >= 1 - dup_tol)
-    if duplicates == "drop":  # drop duplicates of the query unless every candidate is one
+    dup = valid & (b >= 1 - options.dup_tol)
+    if options.duplicates == "drop":  # drop duplicates of the query unless every candidate is one
         valid = valid & ~(dup & ~(dup == valid).all(-1, keepdim=True))
     if not bool(valid.all()):  # decouple missing/excluded candidates: identity rows, zero rhs
         vf = valid.to(dtype)
         K.mul_(vf.unsqueeze(-1) * vf.unsqueeze(-2))
         b.mul_(vf)
         K.diagonal(dim1=-2, dim2=-1).add_(1 - vf)
-    K.diagonal(dim1=-2, dim2=-1).add_(jitter)
-    res = solve(K, b, solver, **opts)
+    K.diagonal(dim1=-2, dim2=-1).add_(options.jitter)
+    res = solve(K, b, options.solver, **solver_kwargs)
     theta = res.theta
-    if duplicates == "keep" and bool(dup.any()):
+    if options.duplicates == "keep" and bool(dup.any()):
         # exact copies reconstruct the query with error 0; share the weight equally among them
         # (the jitter-free optimum closest to the jittered one), nothing for the others
         has = dup.any(-1, keepdim=True)
         share = dup.to(dtype) / dup.sum(-1, keepdim=True).clamp_min(1).to(dtype)
         theta = torch.where(has, share, theta)
-    theta = torch.where(theta > threshold, theta, torch.zeros_like(theta))
+    theta = torch.where(theta > options.threshold, theta, torch.zeros_like(theta))
     return theta, dup, res
 
 
 def nnk_neighbors(
     X: torch.Tensor,
     *,
-    k: int = 25,
-    kernel: str = "cosine",
-    sigma: Optional[float] = None,
-    solver: str = "exact",
-    queries: Optional[torch.Tensor] = None,
-    threshold: float = 1e-10,
-    jitter: float = 1e-8,
-    duplicates: str = "keep",
-    dup_tol: float = 1e-9,
-    backend: str = "auto",
-    max_elements: int = 2**24,
-    dtype: torch.dtype = torch.float64,
-    threads: Optional[int] = 1,
-    solver_options: Optional[dict] = None,
+    queries: torch.Tensor | None = None,
+    options: NNKOptions | None = None,
+    **overrides: Any,
 ) -> NNKResult:
     r"""NNK neighbourhoods of every point of ``X`` (or of ``queries`` scored against ``X``).
 
@@ -408,26 +510,14 @@ def nnk_neighbors(
 
     Args:
         X: (n, d) points (any float dtype, CPU or CUDA).
-        k: candidates per query; needs ``k < n`` (``k <= n`` with ``queries``).
-        kernel: ``"cosine"`` (:math:`0.5+0.5\cos`) or ``"gaussian"``.
-        sigma: Gaussian bandwidth; ``None`` = per query, distance to the k-th candidate / 3.
-        solver: ``"exact"`` (batched Lawson--Hanson active set) or ``"fast"`` (batched projected
-            gradient, weights below 1e-6 zeroed).
         queries: (q, d) points to describe with neighbours from ``X`` (no exclusion).
-        threshold: weights at or below it are set to 0 and not counted.
-        jitter: :math:`\delta`, added to the diagonal of :math:`K_{S,S}` for the solve.
-        duplicates: ``"keep"`` or ``"drop"`` candidates with :math:`K_{ij}\ge1-` ``dup_tol``.
-        backend: candidate search, ``"auto"`` (FAISS when importable and on CPU, else torch),
-            ``"torch"``, ``"faiss"`` or ``"kdtree"`` (exact ``scipy.spatial.cKDTree``, CPU; pays
-            off for large n in few dimensions).
-        max_elements: bound on the floats held per search/solve block.
-        dtype: compute dtype of kernels and solver (float64 by default).
-        threads: CPU threads for the many small torch operations (kernels, masks, and the torch
-            solver), which run fastest single-threaded; ``None`` keeps torch's setting. The
-            search's large products and the compiled (numba) kernels use torch's setting,
-            ``torch.get_num_threads()``; the compiled solver's can be set in ``solver_options``.
-        solver_options: extra keyword arguments for the solver
-            (:func:`~convsim.nnk.solvers.active_set` / :func:`~convsim.nnk.solvers.projected_gradient`).
+        options: the NNK settings, an :class:`~convsim.nnk.options.NNKOptions` (default
+            ``NNKOptions()``: k = 25, cosine kernel, exact solver, duplicates kept).
+        **overrides: any field of :class:`~convsim.nnk.options.NNKOptions` as a keyword
+            (``k``, ``kernel``, ``sigma``, ``solver`` (``"exact"`` or ``"pgd"``), ``threshold``,
+            ``jitter``, ``duplicates``, ``dup_tol``, ``search`` (the k-NN search), ``max_elements``,
+            ``dtype``, ``threads``, ``solver_options``), applied on top of ``options``. ``k`` needs
+            ``k < n`` (``k <= n`` with ``queries``).
 
     Returns:
         :class:`NNKResult`; :meth:`NNKResult.normalized_weights` gives interpolation weights.
@@ -442,25 +532,34 @@ def nnk_neighbors(
         raise TypeError(f"X must be a torch.Tensor of shape (n, d), got {type(X).__name__}")
     if X.dim() != 2 or not X.is_floating_point():
         raise ValueError(f"X must be a floating tensor of shape (n, d), got shape {tuple(X.shape)} {X.dtype}")
-    _check_options(k, kernel, sigma, solver, threshold, jitter, duplicates, backend)
-    n = X.shape[0]
+    opts = resolve_options(options, overrides, "nnk_neighbors")
+    n, k = X.shape[0], opts.k
     if queries is None:
         if k >= n:
             raise ValueError(f"k={k} must be smaller than the number of points n={n} (the query itself is excluded)")
     else:
         if not isinstance(queries, torch.Tensor) or queries.dim() != 2 or queries.shape[1] != X.shape[1]:
-            raise ValueError(f"queries must be a tensor of shape (q, {X.shape[1]}), got "
-                             f"{tuple(queries.shape) if isinstance(queries, torch.Tensor) else type(queries).__name__}")
+            raise ValueError(
+                f"queries must be a tensor of shape (q, {X.shape[1]}), got "
+                f"{tuple(queries.shape) if isinstance(queries, torch.Tensor) else type(queries).__name__}"
+            )
         if k > n:
             raise ValueError(f"k={k} must be at most the number of points n={n}")
         queries = queries.to(X.device).unsqueeze(0)
     if not torch.isfinite(X).all() or (queries is not None and not torch.isfinite(queries).all()):
         raise ValueError("X and queries must be finite (no NaN or inf)")
-    out = nnk_core(X.unsqueeze(0), queries, k=k, kernel=kernel, sigma=sigma, solver=solver,
-                   threshold=threshold, jitter=jitter, duplicates=duplicates, dup_tol=dup_tol,
-                   backend=backend, max_elements=max_elements, dtype=dtype, threads=threads,
-                   solver_options=solver_options)
-    fields = {name: (None if v is None else v[0]) for name, v in out.items()}
-    options = dict(k=k, kernel=kernel, sigma=sigma, solver=solver, threshold=threshold, jitter=jitter,
-                   duplicates=duplicates, dup_tol=dup_tol)
-    return NNKResult(options=options, **fields)
+    out = {name: v[0] for name, v in nnk_core(X.unsqueeze(0), queries, options=opts).items()}
+    return NNKResult(
+        indices=out["indices"],
+        distances=out["distances"],
+        weights=out["weights"],
+        error=out["error"],
+        count=out["count"],
+        sigma=out.get("sigma"),
+        zero=out["zero"],
+        duplicate=out["duplicate"],
+        ill_conditioned=out["ill_conditioned"],
+        converged=out["converged"],
+        kkt=out["kkt"],
+        options=opts.summary(),
+    )

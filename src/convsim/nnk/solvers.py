@@ -21,7 +21,8 @@ the NNK problem; with :math:`A = LL^\top` it is the NNLS problem
   gradients :math:`b_R - A_{RP}A_{PP}^{-1}b_P` of the free variables. The result is refined once
   (iterative refinement on the final support) and checked against the KKT conditions
   :math:`\theta_P > 0,\ (A\theta-b)_P = 0,\ (A\theta-b)_R\ \ge 0`.
-* :func:`projected_gradient` (``solver="fast"``): :math:`\theta\leftarrow\max(0,\theta-\eta(A\theta-b))`
+* :func:`projected_gradient` (``solver="pgd"``, projected gradient descent):
+  :math:`\theta\leftarrow\max(0,\theta-\eta(A\theta-b))`
   with :math:`\eta = 1/\hat\lambda`, :math:`\hat\lambda\ge\lambda_{\max}(A)` per system, Nesterov
   momentum with adaptive restart (``accelerated=True``), a per-system stopping tolerance, and
   weights below ``threshold`` set to zero. Matrix products only, so it suits GPUs.
@@ -29,24 +30,39 @@ the NNK problem; with :math:`A = LL^\top` it is the NNLS problem
 Both work in the dtype and on the device of ``A`` and process the batch in chunks of
 ``batch_size`` systems so memory stays bounded. On CPU, when ``numba`` is installed (the ``fast``
 extra) and not switched off (:func:`use_compiled`), :func:`active_set` uses the compiled
-per-system solver of :mod:`convsim.nnk._numba` (``backend="auto"``); systems it does not settle
-(iteration limit, KKT violation above ``kkt_tol``) are re-solved by the torch path.
+per-system solver of :mod:`convsim.nnk._numba` (``engine="auto"``; ``engine`` names how the
+exact solver runs, :data:`ENGINES`); systems it does not settle (iteration limit, KKT violation
+above ``kkt_tol``) are re-solved by the torch path.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Iterator, Optional
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
 
 import torch
 
-__all__ = ["SolveResult", "active_set", "projected_gradient", "solve", "objective", "numba_available",
-           "use_compiled", "uses_compiled_solver", "compiled_kernels", "SOLVERS", "BACKENDS"]
+__all__ = [
+    "SolveResult",
+    "active_set",
+    "projected_gradient",
+    "solve",
+    "objective",
+    "numba_available",
+    "use_compiled",
+    "uses_compiled_solver",
+    "compiled_kernels",
+    "SOLVERS",
+    "ENGINES",
+]
 
-SOLVERS = ("exact", "fast")
-BACKENDS = ("auto", "torch", "numba")
-_NUMBA: list = []  # the imported convsim.nnk._numba module, or None, once looked up
+SOLVERS = ("exact", "pgd")  # exact active set; projected gradient descent
+ENGINES = ("auto", "torch", "numba")  # how the exact solver runs (active_set's ``engine``)
+_NUMBA: list[ModuleType | None] = []  # the imported convsim.nnk._numba module, or None, once looked up
 _COMPILED_ON = [os.environ.get("CONVSIM_NUMBA", "1") != "0"]  # a stack: compiled_kernels() nests
 
 
@@ -58,11 +74,12 @@ def numba_available() -> bool:
         True
     """
     if not _NUMBA:
+        module: ModuleType | None
         try:
-            from convsim.nnk import _numba
+            from convsim.nnk import _numba as module
         except ImportError:  # numba missing, or too old/new for this numpy
-            _numba = None
-        _NUMBA.append(_numba)
+            module = None
+        _NUMBA.append(module)
     return _NUMBA[0] is not None
 
 
@@ -81,8 +98,8 @@ def use_compiled() -> bool:
     return _COMPILED_ON[-1] and numba_available()
 
 
-def uses_compiled_solver(device: torch.device, dtype: torch.dtype, backend: str = "auto") -> bool:
-    """Whether :func:`active_set` with this ``backend`` solves systems of ``dtype`` on ``device``
+def uses_compiled_solver(device: torch.device, dtype: torch.dtype, engine: str = "auto") -> bool:
+    """Whether :func:`active_set` with this ``engine`` solves systems of ``dtype`` on ``device``
     with the compiled solver: ``"numba"`` always, ``"auto"`` for float64 CPU tensors when
     :func:`use_compiled`.
 
@@ -90,8 +107,9 @@ def uses_compiled_solver(device: torch.device, dtype: torch.dtype, backend: str 
         >>> uses_compiled_solver(torch.device("cpu"), torch.float32)
         False
     """
-    return backend == "numba" or (backend == "auto" and device.type == "cpu" and dtype == torch.float64
-                                  and use_compiled())
+    return engine == "numba" or (
+        engine == "auto" and device.type == "cpu" and dtype == torch.float64 and use_compiled()
+    )
 
 
 @contextmanager
@@ -131,7 +149,7 @@ class SolveResult:
 
 
 @contextmanager
-def cpu_threads(n: Optional[int], device: torch.device) -> Iterator[None]:
+def cpu_threads(n: int | None, device: torch.device) -> Iterator[None]:
     """Run the block with ``n`` intra-op CPU threads (``None``, or a non-CPU device: unchanged).
 
     The NNK loops issue many small tensor operations; on CPU each one's OpenMP fork/join costs
@@ -190,8 +208,16 @@ def _kkt(A: torch.Tensor, b: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return torch.maximum(stationarity, dual).amax(-1) if theta.shape[-1] else theta.new_zeros(theta.shape[0])
 
 
-def _sweep_(T: torch.Tensor, p: torch.Tensor, E: torch.Tensor, sgn: torch.Tensor, actf: torch.Tensor,
-            diag_at: torch.Tensor, rowbase: torch.Tensor, ar: torch.Tensor) -> None:
+def _sweep_(
+    T: torch.Tensor,
+    p: torch.Tensor,
+    E: torch.Tensor,
+    sgn: torch.Tensor,
+    actf: torch.Tensor,
+    diag_at: torch.Tensor,
+    rowbase: torch.Tensor,
+    ar: torch.Tensor,
+) -> None:
     """Sweep (sgn=+1) or reverse-sweep (sgn=-1) the symmetric tableaux ``T`` on pivot ``p``.
 
     For a pivot value d = T[p, p]: T_RR -= T_Rp T_pR / d, T_pR = sgn * T_pR / d, T_pp = -1/d.
@@ -218,113 +244,164 @@ def _sweep_(T: torch.Tensor, p: torch.Tensor, E: torch.Tensor, sgn: torch.Tensor
     flat.index_copy_(0, at, new.view(-1))
 
 
-def _lawson_hanson(T: torch.Tensor, P: torch.Tensor, x: torch.Tensor, blocked: torch.Tensor,
-                   tol: float, pivot_tol: float, max_iter: int):
+@dataclass
+class _Working:
+    """The unfinished systems of :func:`_lawson_hanson` (working row i is output row ``ids[i]``).
+
+    The bookkeeping is arithmetic on a one-hot of the pivot (no boolean indexing in the loop):
+    ``Pf`` is 1 on the passive set, ``off`` is ``big`` off it, ``pen`` is ``-big`` on the passive
+    and blocked variables, so ``col + off`` exposes passive values and ``col + pen`` free gradients.
+    ``ar``, ``base``, ``rowbase`` and ``E`` are the index layout of :func:`_sweep_` for the
+    current number of rows (rebuilt by :meth:`keep`).
+    """
+
+    ids: torch.Tensor  # (mw,) output rows
+    T: torch.Tensor  # (mw, k+1, k+1) swept tableaux
+    x: torch.Tensor  # (mw, k) feasible iterates
+    Pf: torch.Tensor
+    off: torch.Tensor
+    pen: torch.Tensor
+    last: torch.Tensor  # (mw,) variable added in the previous iteration (-1: none)
+    fin_it: torch.Tensor  # (mw,) iteration at which a system finished
+    done: torch.Tensor  # (mw,) finished, not yet compacted away
+    ar: torch.Tensor = field(init=False)
+    base: torch.Tensor = field(init=False)
+    rowbase: torch.Tensor = field(init=False)
+    E: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._layout()
+
+    def _layout(self) -> None:
+        mw, n = self.T.shape[0], self.T.shape[1]
+        dev = self.T.device
+        self.ar = torch.arange(mw, device=dev)
+        self.base = self.ar * (n * n)
+        self.rowbase = self.base.unsqueeze(1) + torch.arange(n, device=dev)
+        self.E = torch.zeros(mw, n, dtype=self.T.dtype, device=dev)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only the working rows ``rows`` (none of them done)."""
+        for name in ("ids", "T", "x", "Pf", "off", "pen", "last", "fin_it"):
+            setattr(self, name, getattr(self, name).index_select(0, rows))
+        self.done = torch.zeros(rows.numel(), dtype=torch.bool, device=rows.device)
+        self._layout()
+
+
+def _lh_iteration(w: _Working, big: float, tol: float, pivot_tol: float) -> torch.Tensor:
+    """One Lawson--Hanson step of every working system; returns the systems that finished now.
+
+    Each live system either adds the free variable with the largest gradient (``outer``), or,
+    when the passive solution has a non-positive entry (``inner``), moves to the feasible boundary
+    and removes the variable that hit zero.
+    """
+    k = w.x.shape[1]
+    n, dt = k + 1, w.T.dtype
+    col = w.T[:, k, :k]  # row k = column k (symmetric), contiguous: passive solution / gradients
+    z = col * w.Pf
+    live = ~w.done
+    inner = ((col + w.off).amin(1) <= 0) & live
+    wmax, j = (col + w.pen).max(1)
+    piv = w.T.view(-1).index_select(0, w.base + j * (n + 1))
+    outer0 = live & ~inner
+    wok = wmax > tol
+    fin = outer0 & ~wok
+    pok = piv > pivot_tol
+    outer = outer0 & wok & pok
+    any_inner = bool(inner.any())
+    if any_inner:  # move to the boundary and drop the variable that hits zero
+        neg = (z <= 0) & (w.Pf > 0)
+        ratio = (w.x / (w.x - z).clamp_min(torch.finfo(dt).tiny)).masked_fill_(~neg, float("inf"))
+        alpha, r = ratio.min(1)
+        alpha = alpha.clamp(0, 1)
+        step = torch.where(inner, alpha, (outer | fin).to(dt))
+        pvt = torch.where(inner, r, j)
+        # a variable added in the last iteration and removed now without progress would cycle
+        stuck = inner & (r == w.last) & (alpha <= 0)
+        act = inner | outer
+        sgn = 1 - 2 * inner.to(dt)  # +1 add, -1 remove
+    else:
+        step = (outer | fin).to(dt)
+        pvt, act, sgn = j, outer, torch.ones_like(wmax)
+    actf = act.to(dt)
+    w.E.zero_().scatter_(1, pvt.unsqueeze(1), actf.unsqueeze(1))
+    Ek = w.E[:, :k]
+    w.x = torch.addcmul(w.x, z - w.x, step.unsqueeze(1))
+    if any_inner:
+        w.x.clamp_min_(0).mul_(1 - Ek * inner.to(dt).unsqueeze(1))  # the removed variable is 0
+    _sweep_(w.T, pvt, w.E, sgn, actf, w.base, w.rowbase, w.ar)
+    upd = Ek * sgn.unsqueeze(1)
+    w.Pf.add_(upd)
+    w.off.add_(upd, alpha=-big)
+    w.pen.add_(upd, alpha=-big)
+    newly = outer0 & wok & ~pok  # numerically dependent: never try again
+    if any_inner:
+        newly |= stuck
+    if bool(newly.any()):
+        rows = torch.nonzero(newly).squeeze(1)
+        w.pen[rows, pvt[rows] if any_inner else j[rows]] = -big
+    w.last = j  # only an added j can be removed next with no progress (j is never passive)
+    return fin
+
+
+def _lawson_hanson(
+    T: torch.Tensor,
+    P: torch.Tensor,
+    x: torch.Tensor,
+    blocked: torch.Tensor,
+    tol: float,
+    pivot_tol: float,
+    max_iter: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run Lawson--Hanson on swept tableaux. Returns (T, P, x, done, iterations).
 
     ``T`` (m, k+1, k+1) must be the tableau swept on the passive sets ``P`` (m, k) and ``x`` a
-    feasible point supported on ``P`` (the subspace solution when no entry is negative).
-    Finished systems are compacted away once a third of the working batch is done. The
-    bookkeeping is arithmetic on a one-hot of the pivot (no boolean indexing in the loop):
-    ``Pf`` is 1 on the passive set, ``off`` is ``BIG`` off it, ``pen`` is ``-BIG`` on the passive
-    and blocked variables, so ``col + off`` exposes passive values and ``col + pen`` free gradients.
+    feasible point supported on ``P`` (the subspace solution when no entry is negative); ``T``,
+    ``P`` and ``x`` are updated in place and returned. Finished systems are compacted away once a
+    third of the working batch is done (:class:`_Working`, :func:`_lh_iteration`).
     """
     m, k = P.shape
     dev, dt = T.device, T.dtype
-    n = k + 1
-    BIG = min(1e300, torch.finfo(dt).max / 8)  # finite in float32 too
+    big = min(1e300, torch.finfo(dt).max / 8)  # finite in float32 too
     iters = torch.zeros(m, dtype=torch.long, device=dev)
     done_out = torch.zeros(m, dtype=torch.bool, device=dev)
-    T_out, P_out, x_out = T, P, x
-    ids = torch.arange(m, device=dev)  # working row -> output row
-    Tw, xw = T, x.clone()
     Pf = P.to(dt)
-    off = (1 - Pf) * BIG
-    pen = (P | blocked).to(dt) * -BIG
-    last = torch.full((m,), -1, dtype=torch.long, device=dev)
-    dw = torch.zeros(m, dtype=torch.bool, device=dev)
-    fin_it = torch.zeros(m, dtype=torch.long, device=dev)
-    arn = torch.arange(n, device=dev)
-
-    def layout(mw):
-        ar = torch.arange(mw, device=dev)
-        base = ar * (n * n)
-        return ar, base, base.unsqueeze(1) + arn, torch.zeros(mw, n, dtype=dt, device=dev)
-
-    ar, base, rowbase, E = layout(m)
+    w = _Working(
+        ids=torch.arange(m, device=dev),
+        T=T,
+        x=x.clone(),
+        Pf=Pf,
+        off=(1 - Pf) * big,
+        pen=(P | blocked).to(dt) * -big,
+        last=torch.full((m,), -1, dtype=torch.long, device=dev),
+        fin_it=torch.zeros(m, dtype=torch.long, device=dev),
+        done=torch.zeros(m, dtype=torch.bool, device=dev),
+    )
     it = 0
-    while ar.numel() and it < max_iter:
+    while w.ar.numel() and it < max_iter:
         it += 1
-        col = Tw[:, k, :k]  # row k = column k (symmetric), contiguous: passive solution / gradients
-        z = col * Pf
-        live = ~dw
-        inner = ((col + off).amin(1) <= 0) & live
-        wmax, j = (col + pen).max(1)
-        piv = Tw.view(-1).index_select(0, base + j * (n + 1))
-        outer0 = live & ~inner
-        wok = wmax > tol
-        fin = outer0 & ~wok
-        pok = piv > pivot_tol
-        outer = outer0 & wok & pok
-        any_inner = bool(inner.any())
-        if any_inner:  # move to the boundary and drop the variable that hits zero
-            neg = (z <= 0) & (Pf > 0)
-            ratio = (xw / (xw - z).clamp_min(torch.finfo(dt).tiny)).masked_fill_(~neg, float("inf"))
-            alpha, r = ratio.min(1)
-            alpha = alpha.clamp(0, 1)
-            step = torch.where(inner, alpha, (outer | fin).to(dt))
-            pvt = torch.where(inner, r, j)
-            # a variable added in the last iteration and removed now without progress would cycle
-            stuck = inner & (r == last) & (alpha <= 0)
-            act = inner | outer
-            sgn = 1 - 2 * inner.to(dt)  # +1 add, -1 remove
-        else:
-            step = (outer | fin).to(dt)
-            pvt, act, sgn = j, outer, torch.ones_like(wmax)
-        actf = act.to(dt)
-        E.zero_().scatter_(1, pvt.unsqueeze(1), actf.unsqueeze(1))
-        Ek = E[:, :k]
-        xw = torch.addcmul(xw, z - xw, step.unsqueeze(1))
-        if any_inner:
-            xw.clamp_min_(0).mul_(1 - Ek * inner.to(dt).unsqueeze(1))  # the removed variable is 0
-        _sweep_(Tw, pvt, E, sgn, actf, base, rowbase, ar)
-        upd = Ek * sgn.unsqueeze(1)
-        Pf.add_(upd)
-        off.add_(upd, alpha=-BIG)
-        pen.add_(upd, alpha=-BIG)
-        newly = outer0 & wok & ~pok  # numerically dependent: never try again
-        if any_inner:
-            newly |= stuck
-        if bool(newly.any()):
-            rows = torch.nonzero(newly).squeeze(1)
-            pen[rows, pvt[rows] if any_inner else j[rows]] = -BIG
-        last = j  # only an added j can be removed next with no progress (j is never passive)
+        fin = _lh_iteration(w, big, tol, pivot_tol)
         if bool(fin.any()):
-            fin_it = torch.where(fin, it, fin_it)
-            dw = dw | fin
-            ndone = int(dw.sum())
-            if 3 * ndone >= ar.numel():  # compact: store the finished systems, keep the others
-                dsel = torch.nonzero(dw).squeeze(1)
-                ksel = torch.nonzero(~dw).squeeze(1)
-                fd = ids.index_select(0, dsel)
-                if Tw is not T_out:  # (index_select/index_copy_ copy whole tableaux faster than masks)
-                    T_out.index_copy_(0, fd, Tw.index_select(0, dsel))
-                P_out[fd] = Pf.index_select(0, dsel) > 0.5
-                x_out.index_copy_(0, fd, xw.index_select(0, dsel))
+            w.fin_it = torch.where(fin, it, w.fin_it)
+            w.done = w.done | fin
+            if 3 * int(w.done.sum()) >= w.ar.numel():  # compact: store the finished systems, keep the others
+                dsel = torch.nonzero(w.done).squeeze(1)
+                fd = w.ids.index_select(0, dsel)
+                if w.T is not T:  # (index_select/index_copy_ copy whole tableaux faster than masks)
+                    T.index_copy_(0, fd, w.T.index_select(0, dsel))
+                P[fd] = w.Pf.index_select(0, dsel) > 0.5
+                x.index_copy_(0, fd, w.x.index_select(0, dsel))
                 done_out[fd] = True
-                iters[fd] = fin_it.index_select(0, dsel)
-                ids, Tw, xw, Pf, off, pen, last, fin_it = (
-                    t.index_select(0, ksel) for t in (ids, Tw, xw, Pf, off, pen, last, fin_it))
-                dw = torch.zeros(ids.numel(), dtype=torch.bool, device=dev)
-                ar, base, rowbase, E = layout(ids.numel())
-    if ids.numel():  # iteration limit: store the unfinished state as it is
-        if Tw is not T_out:
-            T_out[ids] = Tw
-        P_out[ids] = Pf > 0.5
-        x_out[ids] = xw
-        done_out[ids] = dw
-        iters[ids] = torch.where(dw, fin_it, it)
-    return T_out, P_out, x_out, done_out, iters
+                iters[fd] = w.fin_it.index_select(0, dsel)
+                w.keep(torch.nonzero(~w.done).squeeze(1))
+    if w.ids.numel():  # iteration limit: store the unfinished state as it is
+        if w.T is not T:
+            T[w.ids] = w.T
+        P[w.ids] = w.Pf > 0.5
+        x[w.ids] = w.x
+        done_out[w.ids] = w.done
+        iters[w.ids] = torch.where(w.done, w.fin_it, it)
+    return T, P, x, done_out, iters
 
 
 def _tableau(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -361,11 +438,11 @@ def active_set(
     *,
     tol: float = 1e-10,
     pivot_tol: float = 1e-13,
-    max_iter: Optional[int] = None,
+    max_iter: int | None = None,
     kkt_tol: float = 1e-8,
     batch_size: int = 4096,
-    threads: Optional[int] = 1,
-    backend: str = "auto",
+    threads: int | None = 1,
+    engine: str = "auto",
 ) -> SolveResult:
     r"""Exact batched NNK/NNLS: Lawson--Hanson active set on the Gram form.
 
@@ -389,11 +466,12 @@ def active_set(
         batch_size: systems per chunk (bounds memory at about ``batch_size * (k+1)**2`` floats).
         threads: intra-op CPU threads while solving (see :func:`cpu_threads`; ``None`` = as set);
             with numba, its worker threads (``None`` = numba's default, one per core).
-        backend: ``"torch"`` (batched tensor operations, any device), ``"numba"`` (compiled
-            per-system solver, CPU only, float64 internally; needs ``numba``) or ``"auto"``
-            (numba for float64 CPU tensors when it imports, torch otherwise). Both follow the
-            same rules and give the same supports; the numba path re-solves with torch the
-            systems it does not settle.
+        engine: how the solver runs (:data:`ENGINES`; in the NNK functions
+            ``solver_options={"engine": ...}``): ``"torch"`` (batched tensor operations, any
+            device), ``"numba"`` (compiled per-system solver, CPU only, float64 internally; needs
+            ``numba``) or ``"auto"`` (numba for float64 CPU tensors when it imports, torch
+            otherwise). Both follow the same rules and give the same supports; the numba path
+            re-solves with torch the systems it does not settle.
 
     Returns:
         :class:`SolveResult`.
@@ -409,44 +487,74 @@ def active_set(
     max_iter = 10 * k + 10 if max_iter is None else int(max_iter)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "numba":
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "numba":
         if A.device.type != "cpu":
-            raise ValueError(f"backend='numba' solves CPU tensors only, got device {A.device}")
+            raise ValueError(f"engine='numba' solves CPU tensors only, got device {A.device}")
         if not numba_available():
-            raise ImportError("backend='numba' needs numba (pip install 'convsim[fast]')")
-    if uses_compiled_solver(A.device, A.dtype, backend) and B:
+            raise ImportError("engine='numba' needs numba (pip install 'convsim[fast]')")
+    if uses_compiled_solver(A.device, A.dtype, engine) and B:
         return _active_set_numba(A, b, tol, pivot_tol, max_iter, kkt_tol, batch_size, threads)
     with cpu_threads(threads, A.device):
-        outs = [_active_set_chunk(A[s:s + batch_size], b[s:s + batch_size], tol, pivot_tol, max_iter, kkt_tol)
-                for s in range(0, B, batch_size)]
+        outs = [
+            _active_set_chunk(A[s : s + batch_size], b[s : s + batch_size], tol, pivot_tol, max_iter, kkt_tol)
+            for s in range(0, B, batch_size)
+        ]
     if not outs:
         z = b.new_zeros(0)
         return SolveResult(b.new_zeros(0, k), z.bool(), z, z, z.long())
-    return SolveResult(*(torch.cat([getattr(o, f) for o in outs]) for f in
-                         ("theta", "converged", "kkt", "pivot", "iterations")))
+    return SolveResult(
+        *(torch.cat([getattr(o, f) for o in outs]) for f in ("theta", "converged", "kkt", "pivot", "iterations"))
+    )
 
 
-def _active_set_numba(A, b, tol, pivot_tol, max_iter, kkt_tol, batch_size, threads) -> SolveResult:
+def _active_set_numba(
+    A: torch.Tensor,
+    b: torch.Tensor,
+    tol: float,
+    pivot_tol: float,
+    max_iter: int,
+    kkt_tol: float,
+    batch_size: int,
+    threads: int | None,
+) -> SolveResult:
     """The compiled solver on the whole batch; unsettled systems go to the torch path."""
+    compiled = _NUMBA[0]
+    assert compiled is not None  # the caller checked numba_available()
     An = A.detach().to(torch.float64).contiguous().numpy()
     bn = b.detach().to(torch.float64).contiguous().numpy()
-    theta, status, kkt, pivot, iters = _NUMBA[0].solve_batch(
-        An, bn, tol=tol, pivot_tol=pivot_tol, max_iter=max_iter, kkt_tol=kkt_tol, threads=threads)
-    res = SolveResult(torch.from_numpy(theta).to(A.dtype), torch.from_numpy(status == 0),
-                      torch.from_numpy(kkt).to(A.dtype), torch.from_numpy(pivot).to(A.dtype),
-                      torch.from_numpy(iters))
+    theta, status, kkt, pivot, iters = compiled.solve_batch(
+        An, bn, tol=tol, pivot_tol=pivot_tol, max_iter=max_iter, kkt_tol=kkt_tol, threads=threads
+    )
+    res = SolveResult(
+        torch.from_numpy(theta).to(A.dtype),
+        torch.from_numpy(status == 0),
+        torch.from_numpy(kkt).to(A.dtype),
+        torch.from_numpy(pivot).to(A.dtype),
+        torch.from_numpy(iters),
+    )
     redo = torch.from_numpy(status != 0).nonzero().squeeze(1)
     if redo.numel():
-        r = active_set(A[redo], b[redo], tol=tol, pivot_tol=pivot_tol, max_iter=max_iter, kkt_tol=kkt_tol,
-                       batch_size=batch_size, threads=threads, backend="torch")
+        r = active_set(
+            A[redo],
+            b[redo],
+            tol=tol,
+            pivot_tol=pivot_tol,
+            max_iter=max_iter,
+            kkt_tol=kkt_tol,
+            batch_size=batch_size,
+            threads=threads,
+            engine="torch",
+        )
         for f in ("theta", "converged", "kkt", "pivot", "iterations"):
             getattr(res, f)[redo] = getattr(r, f)
     return res
 
 
-def _active_set_chunk(A, b, tol, pivot_tol, max_iter, kkt_tol) -> SolveResult:
+def _active_set_chunk(
+    A: torch.Tensor, b: torch.Tensor, tol: float, pivot_tol: float, max_iter: int, kkt_tol: float
+) -> SolveResult:
     m, k = b.shape
     T = _tableau(A, b)
     P = torch.zeros(m, k, dtype=torch.bool, device=A.device)
@@ -470,7 +578,7 @@ def _active_set_chunk(A, b, tol, pivot_tol, max_iter, kkt_tol) -> SolveResult:
     return SolveResult(theta, done, kkt, pivot, iters)
 
 
-def _refine(A, b, T, P):
+def _refine(A: torch.Tensor, b: torch.Tensor, T: torch.Tensor, P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of iterative refinement on the support, using the swept tableau as the inverse.
 
     The swept tableau holds -A_PP^{-1} in its (P, P) block, so for a residual r supported on P,
@@ -516,7 +624,7 @@ def projected_gradient(
     threshold: float = 1e-6,
     accelerated: bool = True,
     batch_size: int = 16384,
-    threads: Optional[int] = 1,
+    threads: int | None = 1,
 ) -> SolveResult:
     r"""Approximate batched NNK by projected gradient onto :math:`\theta\ge0`.
 
@@ -540,16 +648,21 @@ def projected_gradient(
     _check(A, b)
     B, k = b.shape
     with cpu_threads(threads, A.device):
-        outs = [_pg_chunk(A[s:s + batch_size], b[s:s + batch_size], tol, max_iter, threshold, accelerated)
-                for s in range(0, B, batch_size)]
+        outs = [
+            _pg_chunk(A[s : s + batch_size], b[s : s + batch_size], tol, max_iter, threshold, accelerated)
+            for s in range(0, B, batch_size)
+        ]
     if not outs:
         z = b.new_zeros(0)
         return SolveResult(b.new_zeros(0, k), z.bool(), z, z, z.long())
-    return SolveResult(*(torch.cat([getattr(o, f) for o in outs]) for f in
-                         ("theta", "converged", "kkt", "pivot", "iterations")))
+    return SolveResult(
+        *(torch.cat([getattr(o, f) for o in outs]) for f in ("theta", "converged", "kkt", "pivot", "iterations"))
+    )
 
 
-def _pg_chunk(A, b, tol, max_iter, threshold, accelerated) -> SolveResult:
+def _pg_chunk(
+    A: torch.Tensor, b: torch.Tensor, tol: float, max_iter: int, threshold: float, accelerated: bool
+) -> SolveResult:
     m, k = b.shape
     eta = (1.0 / _lambda_max_bound(A)).unsqueeze(1)
     theta = torch.zeros_like(b)
@@ -592,16 +705,16 @@ def _pg_chunk(A, b, tol, max_iter, threshold, accelerated) -> SolveResult:
     return SolveResult(theta, done, kkt, pivot, iters)
 
 
-def solve(A: torch.Tensor, b: torch.Tensor, solver: str = "exact", **options) -> SolveResult:
-    """Dispatch to :func:`active_set` (``"exact"``) or :func:`projected_gradient` (``"fast"``).
+def solve(A: torch.Tensor, b: torch.Tensor, solver: str = "exact", **options: Any) -> SolveResult:
+    """Dispatch to :func:`active_set` (``"exact"``) or :func:`projected_gradient` (``"pgd"``).
 
     Example:
         >>> A = torch.eye(2, dtype=torch.float64)[None]
-        >>> solve(A, torch.tensor([[1.0, -1.0]], dtype=torch.float64), "fast").theta
+        >>> solve(A, torch.tensor([[1.0, -1.0]], dtype=torch.float64), "pgd").theta
         tensor([[1., 0.]], dtype=torch.float64)
     """
     if solver == "exact":
         return active_set(A, b, **options)
-    if solver == "fast":
+    if solver == "pgd":
         return projected_gradient(A, b, **options)
     raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")

@@ -1,219 +1,334 @@
-"""Verdicts on the paper's claims (a)-(e), computed from groups of runs.
+"""Verdicts on the CS paper's claims (a)-(e), computed from groups of runs.
 
-Each claim is tested by one or more comparisons: a :func:`convsim.reporting.intervals.contrast` of group
-means, oriented so that a positive value supports the claim. :func:`verdict` says "holds" when
-its interval lies above 0, "does not hold" when it lies below 0, "inconclusive (CI overlaps)"
-otherwise; :func:`combine` merges the comparisons of one claim.
+Each claim has one primary comparison, declared with its suite in a :class:`ClaimDesign` (group
+names), and secondary comparisons found by rules over the suite's groups; the verdict rules, the
+margins and the Holm adjustment are in :mod:`convsim.reporting.verdicts`. A claim's verdict is its
+primary comparison's.
 
 Example::
 
-    for c in claims(group_runs(load_runs("runs/quick/runs"))):
-        print(c["id"], c["verdict"])
+    for c in claims(group_runs(load_runs("docs/fmnist/runs")), ClaimDesign()):
+        print(c["id"], c["verdict"], c["primary"]["text"])
 """
+
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from itertools import pairwise
 
-from convsim.reporting.intervals import Estimate, safe_contrast
-from convsim.reporting.runs import (CS_FIELDS, CS_METHODS, ORTHO_METHODS, Group, accuracy_scale, baseline_for, collapsed, in_study,
-                   method_label, width_sweep)
+from convsim.reporting.methods import BASELINE, CS_METHODS, CS_REG_METHODS, ORTHO_METHODS
+from convsim.reporting.runs import (
+    CS_FIELDS,
+    Group,
+    accuracy_scale,
+    baseline_for,
+    collapsed,
+    method_label,
+    strength,
+    width_sweep,
+)
+from convsim.reporting.verdicts import (
+    HOLDS,
+    NON_INFERIORITY,
+    NOT_TESTED,
+    SUPERIORITY,
+    Comparison,
+    estimate,
+    evaluate_family,
+    margin,
+)
 
-HOLDS, FAILS, OVERLAPS = "holds", "does not hold", "inconclusive (CI overlaps)"
-TOO_FEW = "inconclusive (too few seeds for a CI)"
-NOT_TESTED = "not tested"
 
+@dataclass(frozen=True)
+class ClaimDesign:
+    """The primary comparison of each claim, declared with a suite as group names.
 
-def verdict(est: Estimate | None) -> str:
-    """"holds" if the interval lies above 0, "does not hold" if below, else inconclusive.
-
-    The contrast must be oriented so that a positive value supports the claim.
-
-    Example:
-        >>> verdict(Estimate(1.0, 0.5, 1.5, 3))
-        'holds'
+    * (a) ``cs`` − ``baseline``, test accuracy; (b) ``baseline`` − ``cs``, training loss after
+      epoch 1;
+    * (c) ``cs`` − ``larger_baseline`` (a model of twice the width), test accuracy,
+      non-inferiority; tested only where ``larger_baseline`` beats ``baseline``;
+    * (d) mean |feature-map cos| of ``orthogonality`` − that of raw CS-reg, each at its strongest
+      setting whose test accuracy stays within the margin of ``baseline`` (non-inferior);
+    * (e) (``cs`` − ``baseline``) − (``cs_momentum`` − ``baseline_momentum``), test accuracy: the
+      CS gain lost under SGD momentum.
     """
-    if est is None:
-        return NOT_TESTED
-    if est.low is None:
-        return TOO_FEW
-    if est.low > 0:
-        return HOLDS
-    if est.high < 0:
-        return FAILS
-    return OVERLAPS
+
+    cs: str = "cnn1-w1-cs-reg-b0.01"
+    baseline: str = "cnn1-w1-baseline"
+    larger_baseline: str = "cnn1-w2-baseline"
+    orthogonality: str = "so"
+    cs_momentum: str = "cnn1-w1-cs-reg-b0.01-m0.9"
+    baseline_momentum: str = "cnn1-w1-baseline-m0.9"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
 
 
-def combine(verdicts: Sequence[str]) -> str:
-    """Overall verdict of a claim tested by several comparisons.
+TEXTS = {
+    "a": "CS improves test accuracy",
+    "b": "CS converges faster (lower training loss after the first epoch)",
+    "c": "CS lets smaller models match larger ones",
+    "d": "Kernel orthogonality lowers kernel cosine but not feature-map similarity as CS does",
+    "e": "CS is harder to use with momentum (its gain shrinks under SGD momentum)",
+}
 
-    "holds" when at least one comparison holds and none fails; "does not hold" when at least one
-    fails and none holds; mixed results and all-overlapping intervals are inconclusive.
+
+class _Builder:
+    """Comparisons of one claim, formatted alike (accuracies in percentage points when ``scale`` is 100)."""
+
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def diff(
+        self,
+        label: str,
+        metric: str,
+        plus: Sequence[Group],
+        minus: Sequence[Group],
+        which: str = "final",
+        kind: str = SUPERIORITY,
+        note: str = "",
+    ) -> Comparison:
+        terms = tuple([(1.0, g.values(metric, which)) for g in plus] + [(-1.0, g.values(metric, which)) for g in minus])
+        acc = metric == "test_acc"
+        return Comparison(
+            label, metric, terms, kind, self.scale if acc else 1.0, "pts" if acc and self.scale == 100 else "", note
+        )
+
+
+def _vs_baseline(groups: Iterable[Group], methods: Sequence[str]) -> list[tuple[Group, Group]]:
+    allg = list(groups)
+    pairs = [(g, baseline_for(g, allg)) for g in allg if g.method in methods]
+    return [(g, b) for g, b in pairs if b is not None]
+
+
+def _claim(
+    cid: str, primary: Comparison | None, secondary: Sequence[Comparison], note: str = "", override: str | None = None
+) -> dict:
+    first, rest = evaluate_family(primary, secondary)
+    if first is not None and override is not None:
+        text = first["text"].rsplit(" → ", 1)[0] + f" → {override}"
+        first = {**first, "verdict": override, "loo_stable": None, "text": text}
+    verdict = first["verdict"] if first is not None else NOT_TESTED
+    evidence = [f"primary: {first['text']}"] if first else ["primary: not in this suite's runs"]
+    if note:
+        evidence.append(note)
+    evidence += [f"{c['text']} (p_holm {c['p_holm']:.2g})" if c["p_holm"] is not None else c["text"] for c in rest]
+    return {
+        "id": cid,
+        "claim": TEXTS[cid],
+        "verdict": verdict,
+        "primary": first,
+        "comparisons": rest,
+        "evidence": evidence,
+    }
+
+
+def claim_accuracy(groups: Mapping[str, Group], design: ClaimDesign, b: _Builder) -> dict:
+    """(a) CS − baseline test accuracy; secondary: every other CS configuration against its baseline."""
+    cs, base = groups.get(design.cs), groups.get(design.baseline)
+    primary = b.diff(f"{method_label(cs, True)} − baseline", "test_acc", [cs], [base]) if cs and base else None
+    rest = [
+        b.diff(f"{method_label(g, True)} − baseline", "test_acc", [g], [h])
+        for g, h in _vs_baseline(groups.values(), CS_METHODS)
+        if g.name != design.cs
+    ]
+    return _claim("a", primary, rest)
+
+
+def claim_convergence(groups: Mapping[str, Group], design: ClaimDesign, b: _Builder) -> dict:
+    """(b) baseline − CS training loss after the first epoch (> 0: CS converges faster)."""
+    cs, base = groups.get(design.cs), groups.get(design.baseline)
+    label = "baseline − {}, train loss after epoch 1"
+    primary = b.diff(label.format(method_label(cs, True)), "train_loss", [base], [cs], "first") if cs and base else None
+    rest = [
+        b.diff(label.format(method_label(g, True)), "train_loss", [h], [g], "first")
+        for g, h in _vs_baseline(groups.values(), CS_METHODS)
+        if g.name != design.cs
+    ]
+    return _claim("b", primary, rest)
+
+
+def claim_smaller(groups: Mapping[str, Group], design: ClaimDesign, b: _Builder) -> dict:
+    """(c) CS at width w − baseline at the next width up, non-inferiority within the accuracy margin.
+
+    Only meaningful where the larger baseline beats the smaller one (the width gap holds); the
+    primary's verdict is otherwise "not tested" and the gap is stated.
     """
-    tested = [v for v in verdicts if v != NOT_TESTED]
-    if not tested:
-        return NOT_TESTED
-    h, f = HOLDS in tested, FAILS in tested
-    if h and not f:
-        return HOLDS
-    if f and not h:
-        return FAILS
-    if h and f:
-        return "inconclusive (mixed: some comparisons hold, some do not)"
-    if all(v == TOO_FEW for v in tested):
-        return TOO_FEW
-    return OVERLAPS
-
-
-def _comparison(label: str, est: Estimate | None, unit: str, scale: float = 1.0, note: str = "",
-                verdict_override: str | None = None) -> dict:
-    v = verdict_override or verdict(est)
-    return {"label": label, "estimate": est.as_dict() if est else None, "verdict": v,
-            "text": (f"{label}: {est.fmt_interval(scale, 2 if scale == 100 else 3)} {unit} ({est.method}, n={est.n}) → {v}"
-                     if est else f"{label}: no data → {v}") + (f"; {note}" if note else "")}
-
-
-def _points(scale: float) -> str:
-    """Unit of an accuracy difference: percentage points when accuracies are shown in percent."""
-    return "pts" if scale == 100 else ""
-
-
-def _pairs_vs_baseline(groups: Sequence[Group], methods: Sequence[str]):
-    for g in groups:
-        if g.method in methods:
-            b = baseline_for(g, groups)
-            if b is not None:
-                yield g, b
-
-
-def claim_accuracy(groups: Mapping[str, Group], scale: float) -> dict:
-    """(a) CS improves test accuracy: CS − baseline test accuracy per model and CS variant."""
-    main = in_study(groups, "main")
-    comps = []
-    for g, b in _pairs_vs_baseline(main, CS_METHODS):
-        est = safe_contrast([(1.0, g.values("test_acc")), (-1.0, b.values("test_acc"))])
-        comps.append(_comparison(f"{g.get('model')} {method_label(g)} − baseline", est, _points(scale), scale))
-    return _claim("a", "CS improves test accuracy", comps)
-
-
-def claim_convergence(groups: Mapping[str, Group], scale: float) -> dict:
-    """(b) faster convergence: baseline − CS training loss after the first epoch (> 0 supports)."""
-    main = in_study(groups, "main")
-    comps = []
-    for g, b in _pairs_vs_baseline(main, CS_METHODS):
-        est = safe_contrast([(1.0, b.values("train_loss", "first")), (-1.0, g.values("train_loss", "first"))])
-        comps.append(_comparison(f"{g.get('model')} baseline − {method_label(g)}, train loss after epoch 1", est, "", 1.0))
-    return _claim("b", "CS converges faster (lower training loss after the first epoch)", comps)
-
-
-def claim_smaller(groups: Mapping[str, Group], scale: float) -> dict:
-    """(c) smaller models match larger ones: CS at width w vs baseline at the next width up.
-
-    A width pair is evidence only if the baseline gets significantly better with width. It
-    *holds* when CS significantly beats the baseline at the small width and CS-small is not
-    below baseline-large (mean >= 0, interval not below 0); it *does not hold* when CS-small is
-    significantly below baseline-large.
-    """
+    cs, base, large = (groups.get(n) for n in (design.cs, design.baseline, design.larger_baseline))
+    primary, note, override = None, "", None
+    if cs and base and large:
+        label = f"{method_label(cs, True)} at width {cs.get('width'):g} − baseline at width {large.get('width'):g}"
+        primary = b.diff(label, "test_acc", [cs], [large], kind=NON_INFERIORITY)
+        gap = b.diff("width gap", "test_acc", [large], [base]).evaluate()
+        note = f"baseline width gap (larger − smaller): {gap['text'].split(': ', 1)[1]}"
+        override = None if gap["verdict"] == HOLDS else NOT_TESTED
+    rest = []
     sweep = width_sweep(groups)
-    comps = []
     for (model, method), by_w in sweep.items():
-        if method not in CS_METHODS or (model, "baseline") not in sweep:
-            continue
-        base = sweep[(model, "baseline")]
-        widths = sorted(base)
-        for small, large in zip(widths, widths[1:]):
-            if small not in by_w:
-                continue
-            gap = safe_contrast([(1.0, base[large].values("test_acc")), (-1.0, base[small].values("test_acc"))])
-            d = safe_contrast([(1.0, by_w[small].values("test_acc")), (-1.0, base[large].values("test_acc"))])
-            gain = safe_contrast([(1.0, by_w[small].values("test_acc")), (-1.0, base[small].values("test_acc"))])
-            label = f"{model} {method_label(by_w[small])} at width {small:g} − baseline at width {large:g}"
-            if verdict(gap) != HOLDS:
-                v = OVERLAPS if gap.low is not None else TOO_FEW
-                note = f"baseline width gap {gap.fmt_interval(scale)} is not significant, so there is nothing to match"
-            elif verdict(d) == FAILS:
-                v, note = FAILS, ""
-            elif verdict(gain) == HOLDS and d.mean >= 0:
-                v, note = HOLDS, f"CS gain at width {small:g}: {gain.fmt_interval(scale)}"
-            else:
-                v = OVERLAPS if d.low is not None else TOO_FEW
-                note = f"CS gain at width {small:g}: {gain.fmt_interval(scale)}"
-            comps.append(_comparison(label, d, _points(scale), scale, note, v))
-    return _claim("c", "CS lets smaller models match larger ones", comps)
+        base_w = sweep.get((model, BASELINE), {})
+        for small, larger in pairwise(sorted(base_w)):
+            g = by_w.get(small)
+            if method in CS_METHODS and g is not None and g.name != design.cs:
+                label = f"{method_label(g, True)} at width {small:g} − baseline at width {larger:g}"
+                rest.append(b.diff(label, "test_acc", [g], [base_w[larger]], kind=NON_INFERIORITY))
+    return _claim("c", primary, rest, note, override)
 
 
-def claim_orthogonality(groups: Mapping[str, Group], scale: float) -> dict:
-    """(d) kernel orthogonality does not lower feature-map similarity as CS does.
+def strongest_within_margin(family: Sequence[Group], base: Group) -> Group | None:
+    """The group of ``family`` with the largest :func:`~convsim.reporting.runs.strength` whose test
+    accuracy is non-inferior to ``base`` (95% interval of the difference above −margin)."""
+    ok = []
+    for g in family:
+        est = estimate(((1.0, g.values("test_acc")), (-1.0, base.values("test_acc"))))
+        if est is not None and est.low is not None and est.low > -margin("test_acc") and not collapsed(g):
+            ok.append(g)
+    return max(ok, key=lambda g: strength(g) or 0.0, default=None)
 
-    For each orthogonality penalty P that significantly lowers the mean |kernel cosine| against
-    the baseline, and each CS regulariser V (cs-reg, cs-init+reg: like P, a training-time
-    penalty) of the same model whose network trained (not :func:`collapsed`): fm(P) − fm(V) > 0
-    supports the claim (CS leaves less feature-map similarity than orthogonality), for the
-    uncentred and the centred feature-map cosine.
+
+def _families(groups: Mapping[str, Group], base: Group) -> dict[str, list[Group]]:
+    """Same-context groups of raw CS-reg, normalised CS-reg and each orthogonality penalty."""
+    same = [g for g in groups.values() if g.context() == base.context()]
+    fam: dict[str, list[Group]] = {
+        "cs-reg": [g for g in same if g.method == "cs-reg" and not g.get("cs_normalize")],
+        "cs-reg (normalised)": [g for g in same if g.method == "cs-reg" and g.get("cs_normalize")],
+    }
+    for m in ORTHO_METHODS:
+        fam[m] = [g for g in same if g.method == m]
+    return {k: v for k, v in fam.items() if v}
+
+
+def matched_settings(groups: Mapping[str, Group], design: ClaimDesign) -> dict[str, str | None]:
+    """{family: group name of its strongest setting within the accuracy margin of the baseline}."""
+    base = groups.get(design.baseline)
+    if base is None:
+        return {}
+    return {
+        k: (g.name if g else None)
+        for k, v in _families(groups, base).items()
+        for g in [strongest_within_margin(v, base)]
+    }
+
+
+def claim_orthogonality(groups: Mapping[str, Group], design: ClaimDesign, b: _Builder) -> dict:
+    """(d) at matched strength: fm(orthogonality) − fm(CS) > 0 supports the claim (uncentred, centred).
+
+    Secondary comparisons also say, against the baseline, whether each orthogonality method at its
+    matched setting lowers kernel cosine and whether it lowers feature-map similarity.
     """
-    main = in_study(groups, "main")
-    comps = []
-    for p, b in _pairs_vs_baseline(main, ORTHO_METHODS):
-        k = safe_contrast([(1.0, b.values("kernel_cosine")), (-1.0, p.values("kernel_cosine"))])
-        if verdict(k) != HOLDS:
-            comps.append(_comparison(f"{p.get('model')} baseline − {p.method}, |kernel cos|", k, "", 1.0,
-                                     "the penalty did not lower kernel cosine, so it does not test the claim",
-                                     NOT_TESTED))
-            continue
-        for v in main:
-            if v.method not in ("cs-reg", "cs-init+reg") or v.context() != p.context() or collapsed(v):
+    matched = {k: groups.get(v) if v else None for k, v in matched_settings(groups, design).items()}
+    base = groups.get(design.baseline)
+    primary, rest = None, []
+    for cs_key in ("cs-reg", "cs-reg (normalised)"):
+        cs = matched.get(cs_key)
+        for m in ORTHO_METHODS:
+            p = matched.get(m)
+            if cs is None or p is None:
                 continue
-            for key in ("fm_similarity", "fm_similarity_centered"):
-                d = safe_contrast([(1.0, p.values(key)), (-1.0, v.values(key))])
-                if d is None:
-                    continue
-                comps.append(_comparison(f"{p.get('model')} {p.method} − {method_label(v)}, {key}", d, "", 1.0,
-                                         f"{p.method} lowers |kernel cos| by {k.fmt_interval()}"))
-    return _claim("d", "Kernel orthogonality lowers kernel cosine but not feature-map similarity as CS does", comps)
+            for metric in ("fm_similarity", "fm_similarity_centered"):
+                c = b.diff(f"{method_label(p, True)} − {method_label(cs)}, {metric}", metric, [p], [cs])
+                is_primary = cs_key == "cs-reg" and m == design.orthogonality and metric == "fm_similarity"
+                primary = c if is_primary else primary
+                rest += [] if is_primary else [c]
+    for m in ORTHO_METHODS:
+        p = matched.get(m)
+        if p is not None and base is not None:
+            rest.append(b.diff(f"baseline − {method_label(p, True)}, kernel_cosine", "kernel_cosine", [base], [p]))
+            rest.append(b.diff(f"baseline − {method_label(p, True)}, fm_similarity", "fm_similarity", [base], [p]))
+    note = "matched settings (strongest within the accuracy margin): " + (
+        ", ".join(f"{k}: {v.name if v else 'none'}" for k, v in matched.items()) or "none"
+    )
+    return _claim("d", primary, rest, note)
 
 
-def claim_momentum(groups: Mapping[str, Group], scale: float) -> dict:
-    """(e) CS is harder to use with momentum: its accuracy gain shrinks under SGD momentum.
+def _interaction(g: Group, groups: Sequence[Group]) -> tuple[Group, Group, Group] | None:
+    """For a momentum group ``g``: (its no-momentum twin, that twin's baseline, ``g``'s baseline)."""
+    bm = baseline_for(g, groups)
+    # The no-momentum counterparts may use another lr (the suites keep lr / (1 - momentum) equal).
+    same = [
+        h
+        for h in groups
+        if float(h.get("momentum") or 0) == 0 and h.context(momentum=None, lr=None) == g.context(momentum=None, lr=None)
+    ]
+    twin = next((h for h in same if h.method == g.method and all(h.get(k) == g.get(k) for k in CS_FIELDS)), None)
+    b0 = next((h for h in same if h.method == BASELINE), None)
+    return (twin, b0, bm) if twin and b0 and bm else None
 
-    (CS_0 − base_0) − (CS_m − base_m) > 0 supports the claim (0: no momentum, m: momentum);
-    without no-momentum counterparts, base_m − CS_m > 0.
+
+def claim_momentum(groups: Mapping[str, Group], design: ClaimDesign, b: _Builder) -> dict:
+    """(e) (CS_0 − base_0) − (CS_m − base_m) > 0 supports the claim (0: no momentum, m: momentum 0.9).
+
+    Secondary: the same for every other CS method run with momentum, and under momentum each
+    decoupled CS against CS in the loss at the same beta (does decoupling recover the gain?).
     """
-    mom = [g for g in in_study(groups, "momentum") if float(g.get("momentum") or 0) > 0
-           and g.get("optimizer", "sgd") == "sgd"]
     allg = list(groups.values())
-    comps = []
+    names = (design.cs, design.baseline, design.cs_momentum, design.baseline_momentum)
+    cs0, b0, csm, bm = (groups.get(n) for n in names)
+    label = "{}: gain without momentum − gain with momentum"
+    primary = (
+        b.diff(label.format(method_label(cs0, True)), "test_acc", [cs0, bm], [b0, csm])
+        if cs0 and b0 and csm and bm
+        else None
+    )
+    rest = []
+    mom = [
+        g for g in allg if float(g.get("momentum") or 0) > 0 and g.method in CS_METHODS and g.name != design.cs_momentum
+    ]
     for g in mom:
-        if g.method not in CS_METHODS:
-            continue
-        bm = baseline_for(g, allg)
-        if bm is None:
-            continue
-        # The no-momentum counterparts may use another lr (the suites keep lr / (1 - momentum) equal).
-        same = [h for h in allg if float(h.get("momentum") or 0) == 0 and h.get("optimizer", "sgd") == "sgd"
-                and h.context(momentum=None, lr=None) == g.context(momentum=None, lr=None)]
-        ref = [h for h in same if h.method == g.method and all(h.get(k) == g.get(k) for k in CS_FIELDS)]
-        b0 = next((h for h in same if h.method == "baseline"), None)
-        if ref and b0 is not None:
-            est = safe_contrast([(1.0, ref[0].values("test_acc")), (-1.0, b0.values("test_acc")),
-                                 (-1.0, g.values("test_acc")), (1.0, bm.values("test_acc"))])
-            label = f"{g.get('model')} {method_label(g)}: gain without momentum − gain with momentum {g.get('momentum')}"
-        else:
-            est = safe_contrast([(1.0, bm.values("test_acc")), (-1.0, g.values("test_acc"))])
-            label = f"{g.get('model')} baseline − {method_label(g)} with momentum {g.get('momentum')}"
-        comps.append(_comparison(label, est, _points(scale), scale))
-    c = _claim("e", "CS is harder to use with momentum (its gain shrinks under SGD momentum)", comps)
-    if not comps:
-        c["evidence"] = ["the suite has no `momentum` study (SGD-momentum runs with a matching baseline)"]
-    return c
+        found = _interaction(g, allg)
+        if found:
+            twin, base0, basem = found
+            rest.append(
+                b.diff(
+                    label.format(method_label(g, True)) + f" {g.get('momentum')}", "test_acc", [twin, basem], [base0, g]
+                )
+            )
+        if g.method == "cs-decoupled":
+            loss = [
+                h
+                for h in allg
+                if h.method in CS_REG_METHODS
+                and h.method != g.method
+                and h.get("beta") == g.get("beta")
+                and h.context() == g.context()
+                and h.get("cs_normalize") == g.get("cs_normalize")
+            ]
+            rest += [
+                b.diff(
+                    f"{method_label(g, True)} − {method_label(h)} with momentum {g.get('momentum')}",
+                    "test_acc",
+                    [g],
+                    [h],
+                )
+                for h in loss
+            ]
+    return _claim("e", primary, rest)
 
 
-def _claim(cid: str, text: str, comps: list[dict]) -> dict:
-    v = combine([c["verdict"] for c in comps]) if comps else NOT_TESTED
-    return {"id": cid, "claim": text, "verdict": v, "comparisons": comps,
-            "evidence": [c["text"] for c in comps] or ["no runs in this suite test it"]}
+CLAIMS: tuple[Callable[[Mapping[str, Group], ClaimDesign, _Builder], dict], ...] = (
+    claim_accuracy,
+    claim_convergence,
+    claim_smaller,
+    claim_orthogonality,
+    claim_momentum,
+)
 
 
-def claims(groups: Mapping[str, Group]) -> list[dict]:
-    """The paper's claims (a)-(e), each with a verdict computed from the groups."""
-    scale = accuracy_scale(groups)
-    return [f(groups, scale) for f in (claim_accuracy, claim_convergence, claim_smaller,
-                                      claim_orthogonality, claim_momentum)]
+def claims(groups: Mapping[str, Group], design: ClaimDesign | None = None) -> list[dict]:
+    """The paper's claims (a)-(e), each with its verdict, primary and secondary comparisons."""
+    builder = _Builder(accuracy_scale(groups))
+    return [f(groups, design or ClaimDesign(), builder) for f in CLAIMS]
+
+
+def design_text(design: ClaimDesign) -> str:
+    """The primary comparisons of ``design`` in words (for the report's methods section)."""
+    return (
+        f"- Primary comparisons: (a) `{design.cs}` − `{design.baseline}`, test accuracy; (b) `{design.baseline}` "
+        f"− `{design.cs}`, training loss after epoch 1; (c) `{design.cs}` − `{design.larger_baseline}`, test "
+        f"accuracy, {NON_INFERIORITY}, counted only where `{design.larger_baseline}` beats `{design.baseline}`; "
+        f"(d) mean |feature-map cos| (uncentred) of `{design.orthogonality}` − raw `cs-reg`, each at its "
+        f"strongest setting whose test accuracy is non-inferior to `{design.baseline}`; (e) "
+        f"(`{design.cs}` − `{design.baseline}`) − (`{design.cs_momentum}` − `{design.baseline_momentum}`), "
+        f"test accuracy.\n"
+    )

@@ -7,24 +7,47 @@ Example::
 
     paths = make_figures(group_runs(load_runs("runs/quick/runs")), Path("runs/quick/figures"))
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from convsim.reporting.intervals import mean_ci
 from convsim._internal.files import atomic_write
-from convsim.reporting.runs import (CS_METHODS, Group, Run, accuracy_scale, in_study, iters_series, method_label, percent_unit,
-                   width_sweep)
+from convsim.reporting.intervals import mean_ci
+from convsim.reporting.methods import CS_METHODS
+from convsim.reporting.runs import (
+    Group,
+    Run,
+    accuracy_scale,
+    in_study,
+    iters_series,
+    method_label,
+    percent_unit,
+    width_sweep,
+)
 
 METHOD_COLORS = {
-    "baseline": "#333333", "cs-init": "#1f77b4", "cs-reg": "#ff7f0e", "cs-init+reg": "#2ca02c",
-    "so": "#d62728", "dso": "#e377c2", "mc": "#bcbd22", "srip": "#8c564b", "ocnn": "#9467bd",
-    "decov": "#17becf", "cs-init (normalised)": "#0b3d91", "cs-init+reg (normalised)": "#0e5e0e",
+    "baseline": "#333333",
+    "cs-init": "#1f77b4",
+    "cs-reg": "#ff7f0e",
+    "cs-init+reg": "#2ca02c",
+    "so": "#d62728",
+    "dso": "#e377c2",
+    "mc": "#bcbd22",
+    "srip": "#8c564b",
+    "ocnn": "#9467bd",
+    "decov": "#17becf",
+    "cs-init (normalised)": "#0b3d91",
+    "cs-init+reg (normalised)": "#0e5e0e",
+    "cs-reg (normalised)": "#a05000",
+    "cs-decoupled": "#7f7f00",
 }
 FIGURES = {
     "cs_loss": "fig1_cs_loss.png",
@@ -33,11 +56,15 @@ FIGURES = {
     "resnet18": "fig4_resnet18.png",
     "init_iters": "fig5_init_iters.png",
     "width": "fig6_width.png",
+    "shrinkage": "fig7_kernel_norm.png",
+    "fm_vs_accuracy": "fig8_fm_vs_accuracy.png",
+    "kernel_vs_fm": "fig9_kernel_vs_fm.png",
 }
 
 
-def curve(runs: Sequence[Run], key: str, init: bool = False,
-          log: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def curve(
+    runs: Sequence[Run], key: str, init: bool = False, log: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(x, mean, low, high) over seeds at every epoch (or init step) logged by any run;
     low/high are NaN where fewer than two runs have the point.
 
@@ -47,7 +74,9 @@ def curve(runs: Sequence[Run], key: str, init: bool = False,
     """
     per = [r.init_curve() if init else r.curve(key) for r in runs]
     xs = sorted(set().union(*per)) if per else []
-    mean, lo, hi = [], [], []
+    mean: list[float] = []
+    lo: list[float] = []
+    hi: list[float] = []
     for x in xs:
         vals = [p[x] for p in per if x in p]
         if log and min(vals) <= 0:
@@ -62,25 +91,25 @@ def curve(runs: Sequence[Run], key: str, init: bool = False,
     return np.asarray(xs, float), np.asarray(mean), np.asarray(lo), np.asarray(hi)
 
 
-def _new_figure(ncols: int = 1, width: float = 5.0, height: float = 3.6):
-    from matplotlib.figure import Figure
-
+def _new_figure(ncols: int = 1, width: float = 5.0, height: float = 3.6) -> tuple[Figure, list[Axes]]:
     fig = Figure(figsize=(width * ncols, height), layout="constrained")
     axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
     return fig, axes
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig: Figure, path: Path) -> Path:
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
-def _empty(ax, text: str) -> None:
+def _empty(ax: Axes, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9, wrap=True)
     ax.set_xticks([])
     ax.set_yticks([])
 
 
-def _band(ax, x, m, lo, hi, label, color):
+def _band(
+    ax: Axes, x: np.ndarray, m: np.ndarray, lo: np.ndarray, hi: np.ndarray, label: str, color: str | None
+) -> None:
     ax.plot(x, m, label=label, color=color, lw=1.6, marker="o" if len(x) < 12 else None, ms=3)
     ok = ~np.isnan(lo)
     if ok.any():
@@ -104,7 +133,7 @@ def fig_cs_loss(groups: Mapping[str, Group], path: Path) -> Path:
     fig, (a0, a1) = _new_figure(2)
     by_model = _groups_by_model(in_study(groups, "main"))
     model = "cnn1" if "cnn1" in by_model else (sorted(by_model)[0] if by_model else None)
-    sel = [g for g in by_model.get(model, []) if g.method in ("baseline",) + CS_METHODS]
+    sel = [g for g in by_model.get(model or "", []) if g.method in ("baseline",) + CS_METHODS]
     drew0 = drew1 = False
     for g in sel:
         color = _color(g)
@@ -134,7 +163,7 @@ def fig_curves(groups: Mapping[str, Group], path: Path, key: str, ylabel: str, l
     by_model = _groups_by_model([g for g in in_study(groups, "main") if g.get("model") != "resnet18"])
     models = sorted(by_model) or ["cnn1"]
     fig, axes = _new_figure(len(models))
-    for ax, model in zip(axes, models):
+    for ax, model in zip(axes, models, strict=False):
         drew = False
         for g in by_model.get(model, []):
             if g.method not in ("baseline",) + CS_METHODS:
@@ -159,8 +188,7 @@ def fig_curves(groups: Mapping[str, Group], path: Path, key: str, ylabel: str, l
 def fig_bars(groups: Sequence[Group], path: Path, title: str, scale: float) -> Path:
     """Figure 4: test accuracy per configuration with CI error bars."""
     fig, (ax,) = _new_figure(1, width=max(5.0, 0.9 * len(groups) + 2))
-    ests = [(g, g.estimate("test_acc")) for g in groups]
-    ests = [(g, e) for g, e in ests if e is not None]
+    ests = [(g, e) for g in groups if (e := g.estimate("test_acc")) is not None]
     if not ests:
         _empty(ax, "no runs for this figure in this suite")
         return _save(fig, path)
@@ -169,8 +197,8 @@ def fig_bars(groups: Sequence[Group], path: Path, title: str, scale: float) -> P
     err = [(e.half_width or 0.0) * scale for _, e in ests]
     ax.bar(xs, means, yerr=err, capsize=4, color=[_color(g) or "#777" for g, _ in ests])
     ax.set_xticks(xs, [method_label(g) + f"\nw={g.get('width')}" for g, _ in ests], fontsize=7, rotation=20)
-    lo = min(m - e for m, e in zip(means, err))
-    hi = max(m + e for m, e in zip(means, err))
+    lo = min(m - e for m, e in zip(means, err, strict=False))
+    hi = max(m + e for m, e in zip(means, err, strict=False))
     pad = max(0.5, 0.15 * (hi - lo))
     ax.set_ylim(max(0.0, lo - pad), hi + pad)
     ax.set_ylabel("test accuracy" + percent_unit(scale))
@@ -178,14 +206,14 @@ def fig_bars(groups: Sequence[Group], path: Path, title: str, scale: float) -> P
     return _save(fig, path)
 
 
-def fig_xy(series: Mapping[str, Mapping[float, Group]], path: Path, xlabel: str, title: str, scale: float,
-           logx: bool = False) -> Path:
+def fig_xy(
+    series: Mapping[str, Mapping[float, Group]], path: Path, xlabel: str, title: str, scale: float, logx: bool = False
+) -> Path:
     """Figures 5 and 6: test accuracy against a swept setting (I or width), one line per series."""
     fig, (ax,) = _new_figure(1)
     drew = False
     for label, by_x in series.items():
-        pts = [(x, g.estimate("test_acc")) for x, g in sorted(by_x.items())]
-        pts = [(x, e) for x, e in pts if e is not None]
+        pts = [(x, e) for x, g in sorted(by_x.items()) if (e := g.estimate("test_acc")) is not None]
         if not pts:
             continue
         x = np.asarray([p[0] for p in pts])
@@ -208,6 +236,64 @@ def fig_xy(series: Mapping[str, Mapping[float, Group]], path: Path, xlabel: str,
     return _save(fig, path)
 
 
+def fig_shrinkage(groups: Sequence[Group], path: Path) -> Path:
+    """Figure 7: shrinkage or decorrelation. Per epoch, the mean kernel norm (over conv layers), the
+    raw CS and the scale-invariant (normalised) CS, one line per CS strength and the baseline."""
+    fig, axes = _new_figure(3, width=4.6)
+    keys = (("kernel_norm", "mean kernel norm"), ("cs", "CS (raw)"), ("cs_normalized", "CS (normalised)"))
+    drew = False
+    for ax, (key, label) in zip(axes, keys, strict=False):
+        for g in groups:
+            x, m, lo, hi = curve(g.runs, key, log=True)
+            if len(x) and not np.isnan(m).all():
+                _band(ax, x, m, lo, hi, method_label(g), _color(g))
+                drew = True
+        if ax.has_data():
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_title(label, fontsize=10)
+    if not drew:
+        for ax in axes:
+            _empty(ax, "no per-epoch kernel norms in this suite")
+        return _save(fig, path)
+    axes[0].legend(fontsize=6)
+    return _save(fig, path)
+
+
+def fig_scatter(
+    groups: Sequence[Group], path: Path, x_keys: Sequence[tuple[str, str]], y_key: tuple[str, str], scale_y: float = 1.0
+) -> Path:
+    """Figures 8 and 9: one point per configuration (method x strength) with 95% CIs on both axes,
+    one panel per ``(x metric, label)``."""
+    fig, axes = _new_figure(len(x_keys), width=5.2, height=4.2)
+    for ax, (xk, xlabel) in zip(axes, x_keys, strict=False):
+        pts = [
+            (g, ex, ey)
+            for g in groups
+            if (ex := g.estimate(xk)) is not None and (ey := g.estimate(y_key[0])) is not None
+        ]
+        if not pts:
+            _empty(ax, "no runs for this figure in this suite")
+            continue
+        for g, ex, ey in pts:
+            ax.errorbar(
+                ex.mean,
+                ey.mean * scale_y,
+                xerr=ex.half_width or 0.0,
+                yerr=(ey.half_width or 0.0) * scale_y,
+                fmt="o",
+                ms=4,
+                capsize=2,
+                color=_color(g) or "#777",
+            )
+            ax.annotate(
+                method_label(g), (ex.mean, ey.mean * scale_y), fontsize=5.5, xytext=(3, 2), textcoords="offset points"
+            )
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(y_key[1])
+    return _save(fig, path)
+
+
 def make_figures(groups: Mapping[str, Group], fig_dir: Path) -> dict[str, Path]:
     """Write every figure of :data:`FIGURES` (a placeholder panel when a suite has no data)."""
     scale = accuracy_scale(groups)
@@ -215,12 +301,47 @@ def make_figures(groups: Mapping[str, Group], fig_dir: Path) -> dict[str, Path]:
     paths = {
         "cs_loss": fig_cs_loss(groups, fig_dir / FIGURES["cs_loss"]),
         "train_loss": fig_curves(groups, fig_dir / FIGURES["train_loss"], "train_loss", "training loss (log)", True),
-        "train_acc": fig_curves(groups, fig_dir / FIGURES["train_acc"], "train_acc",
-                                "training accuracy" + percent_unit(scale), False, scale),
-        "resnet18": fig_bars(in_study(groups, "resnet"), fig_dir / FIGURES["resnet18"], "ResNet18 test accuracy", scale),
-        "init_iters": fig_xy(iters_series(groups), fig_dir / FIGURES["init_iters"],
-                             "initialisation iterations I", "test accuracy vs I", scale, logx=True),
-        "width": fig_xy({f"{m} {meth}": by_w for (m, meth), by_w in width_sweep(groups).items()},
-                        fig_dir / FIGURES["width"], "width multiplier", "test accuracy vs width", scale),
+        "train_acc": fig_curves(
+            groups, fig_dir / FIGURES["train_acc"], "train_acc", "training accuracy" + percent_unit(scale), False, scale
+        ),
+        "resnet18": fig_bars(
+            in_study(groups, "resnet"), fig_dir / FIGURES["resnet18"], "ResNet18 test accuracy", scale
+        ),
+        "init_iters": fig_xy(
+            iters_series(groups),
+            fig_dir / FIGURES["init_iters"],
+            "initialisation iterations I",
+            "test accuracy vs I",
+            scale,
+            logx=True,
+        ),
+        "width": fig_xy(
+            {f"{m} {meth}": by_w for (m, meth), by_w in width_sweep(groups).items()},
+            fig_dir / FIGURES["width"],
+            "width multiplier",
+            "test accuracy vs width",
+            scale,
+        ),
     }
+    base = [
+        g
+        for g in groups.values()
+        if g.get("width", 1.0) == 1.0
+        and float(g.get("momentum") or 0) == 0
+        and g.get("model") == "cnn1"
+        and g.get("early_stop", "none") == "none"
+    ]
+    if any(g.runs[0].metrics and "kernel_norm" in g.runs[0].metrics[0] for g in base):
+        strengths = [g for g in base if g.method in ("baseline", "cs-reg", "cs-decoupled")]
+        fm = (
+            ("fm_similarity", "mean |feature-map cos|, uncentred"),
+            ("fm_similarity_centered", "mean |feature-map cos|, centred"),
+        )
+        paths["shrinkage"] = fig_shrinkage(strengths, fig_dir / FIGURES["shrinkage"])
+        paths["fm_vs_accuracy"] = fig_scatter(
+            base, fig_dir / FIGURES["fm_vs_accuracy"], fm, ("test_acc", "test accuracy" + percent_unit(scale)), scale
+        )
+        paths["kernel_vs_fm"] = fig_scatter(
+            base, fig_dir / FIGURES["kernel_vs_fm"], (("kernel_cosine", "mean |kernel cos|"),), fm[0]
+        )
     return paths

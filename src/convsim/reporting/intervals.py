@@ -11,11 +11,13 @@ All in float64, returned as plain Python floats since they go straight into JSON
   interval: variance V = sum_i c_i^2 s_i^2 / n_i with Welch-Satterthwaite degrees of freedom
   V^2 / sum_i (c_i^2 s_i^2 / n_i)^2 / (n_i - 1).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -25,32 +27,75 @@ CONFIDENCE = 0.95
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean with its confidence interval ``[low, high]`` (``None`` when n = 1)."""
+    """A mean with its confidence interval ``[low, high]`` (``None`` when n = 1).
+
+    ``se`` and ``dof`` are the standard error and the t distribution's degrees of freedom behind
+    the interval (``None`` without one); :meth:`p_value` tests the mean against a null value.
+    """
 
     mean: float
     low: float | None
     high: float | None
     n: int
     method: str = "t"
+    se: float | None = None
+    dof: float | None = None
+
+    def p_value(self, null: float = 0.0, alternative: str = "two-sided") -> float | None:
+        r"""p of the t test of ``mean`` against ``null``: two-sided, ``"greater"`` or ``"less"``.
+
+        :math:`t = (\bar d - \text{null}) / \mathrm{se}` on ``dof`` degrees of freedom; ``None``
+        without an interval. A zero standard error gives p = 0 when the mean differs from the null
+        in the tested direction, else 1.
+
+        Example:
+            >>> round(mean_ci([1.0, 2.0, 3.0]).p_value(), 4)  # t = 2 / (1 / sqrt 3) = 3.46 on 2 dof
+            0.0742
+        """
+        if alternative not in ("two-sided", "greater", "less"):
+            raise ValueError(f"alternative must be two-sided, greater or less, got {alternative!r}")
+        if self.se is None or self.dof is None:
+            return None
+        diff = self.mean - null
+        if self.se == 0.0:
+            hit = {"two-sided": diff != 0, "greater": diff > 0, "less": diff < 0}[alternative]
+            return 0.0 if hit else 1.0
+        t = diff / self.se
+        if alternative == "greater":
+            return float(stats.t.sf(t, self.dof))
+        if alternative == "less":
+            return float(stats.t.cdf(t, self.dof))
+        return float(2 * stats.t.sf(abs(t), self.dof))
 
     @property
     def half_width(self) -> float | None:
-        return None if self.low is None else (self.high - self.low) / 2
+        if self.low is None or self.high is None:
+            return None
+        return (self.high - self.low) / 2
 
     def as_dict(self) -> dict:
-        return {"mean": self.mean, "low": self.low, "high": self.high, "n": self.n, "method": self.method}
+        return {
+            "mean": self.mean,
+            "low": self.low,
+            "high": self.high,
+            "n": self.n,
+            "method": self.method,
+            "se": self.se,
+            "dof": self.dof,
+        }
 
     def fmt(self, scale: float = 1.0, digits: int = 2, signed: bool = False) -> str:
         """``"81.23 ± 0.45"``; ``"81.23 (n=1, no CI)"`` for one seed."""
         sign = "+" if signed else ""
         m = f"{self.mean * scale:{sign}.{digits}f}"
-        if self.low is None:
+        h = self.half_width
+        if h is None:
             return f"{m} (n={self.n}, no CI)"
-        return f"{m} ± {self.half_width * scale:.{digits}f}"
+        return f"{m} ± {h * scale:.{digits}f}"
 
     def fmt_interval(self, scale: float = 1.0, digits: int = 2) -> str:
         """``"+1.20 [0.30, 2.10]"``: a difference with its interval."""
-        if self.low is None:
+        if self.low is None or self.high is None:
             return f"{self.mean * scale:+.{digits}f} (n={self.n}, no CI)"
         return f"{self.mean * scale:+.{digits}f} [{self.low * scale:+.{digits}f}, {self.high * scale:+.{digits}f}]"
 
@@ -78,12 +123,14 @@ def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> Estimate
     mean = float(x.mean())
     if x.size == 1:
         return Estimate(mean, None, None, 1, "single")
-    h = _t_quantile(confidence, x.size - 1) * float(x.std(ddof=1)) / math.sqrt(x.size)
-    return Estimate(mean, mean - h, mean + h, int(x.size), "t")
+    se = float(x.std(ddof=1)) / math.sqrt(x.size)
+    h = _t_quantile(confidence, x.size - 1) * se
+    return Estimate(mean, mean - h, mean + h, int(x.size), "t", se, float(x.size - 1))
 
 
-def contrast(terms: Sequence[tuple[float, Mapping[Any, float]]], confidence: float = CONFIDENCE,
-             paired: bool | None = None) -> Estimate:
+def contrast(
+    terms: Sequence[tuple[float, Mapping[Any, float]]], confidence: float = CONFIDENCE, paired: bool | None = None
+) -> Estimate:
     """Confidence interval of ``sum_i c_i * mean(group_i)`` for ``terms = [(c_i, {seed: value})]``.
 
     ``paired=None`` pairs by seed when every group has the same (at least two) seeds, and uses
@@ -97,7 +144,7 @@ def contrast(terms: Sequence[tuple[float, Mapping[Any, float]]], confidence: flo
     """
     if not terms:
         raise ValueError("contrast needs at least one (coefficient, {seed: value}) term")
-    for c, vals in terms:
+    for _, vals in terms:
         if not isinstance(vals, Mapping) or not vals:
             raise ValueError("each term must be (coefficient, non-empty {seed: value} mapping)")
     seed_sets = [set(v) for _, v in terms]
@@ -110,7 +157,7 @@ def contrast(terms: Sequence[tuple[float, Mapping[Any, float]]], confidence: flo
         seeds = sorted(seed_sets[0], key=str)
         per_seed = [sum(c * float(v[s]) for c, v in terms) for s in seeds]
         e = mean_ci(per_seed, confidence)
-        return Estimate(e.mean, e.low, e.high, e.n, "paired" if e.low is not None else "single")
+        return Estimate(e.mean, e.low, e.high, e.n, "paired" if e.low is not None else "single", e.se, e.dof)
     means, var_terms, ns = [], [], []
     for c, v in terms:
         x = np.asarray([float(y) for y in v.values()], dtype=np.float64)
@@ -123,10 +170,10 @@ def contrast(terms: Sequence[tuple[float, Mapping[Any, float]]], confidence: flo
         return Estimate(mean, None, None, n, "welch")
     var = sum(var_terms)
     if var == 0.0:
-        return Estimate(mean, mean, mean, n, "welch")
-    dof = var ** 2 / sum(vt ** 2 / (k - 1) for vt, k in zip(var_terms, ns) if vt > 0)
+        return Estimate(mean, mean, mean, n, "welch", 0.0, float(sum(ns) - len(ns)))
+    dof = var**2 / sum(vt**2 / (k - 1) for vt, k in zip(var_terms, ns, strict=False) if vt > 0)
     h = _t_quantile(confidence, dof) * math.sqrt(var)
-    return Estimate(mean, mean - h, mean + h, n, "welch")
+    return Estimate(mean, mean - h, mean + h, n, "welch", math.sqrt(var), float(dof))
 
 
 def safe_contrast(terms: Sequence[tuple[float, Mapping[Any, float]]]) -> Estimate | None:

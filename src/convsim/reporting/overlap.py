@@ -16,24 +16,28 @@ Files written to ``out_dir``: ``overlap.json`` (every figure's numbers), ``count
 
     convsim overlap runs/quick/runs/* --out runs/quick/overlap --n-samples 2000 -k 25
 """
+
 from __future__ import annotations
 
-import argparse
 import json
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
 from convsim import data
-from convsim._internal.files import atomic_write, atomic_write_json, atomic_write_text
+from convsim._internal.files import atomic_write, atomic_write_json
 from convsim.nnk.channels import ChannelOverlap, layer_overlap
 from convsim.nnk.neighbors import KERNELS
 from convsim.nnk.solvers import SOLVERS
+from convsim.reporting.methods import is_collapsed
 
-__all__ = ["overlap_analysis", "overlap_markdown", "add_arguments", "run", "MEASURES"]
+__all__ = ["overlap_analysis", "overlap_markdown", "MEASURES"]
 
 # last-conv-layer measures correlated with test accuracy: key -> description
 MEASURES = {
@@ -72,16 +76,19 @@ def _layer_summary(depth: int, name: str, r: ChannelOverlap, activation_shape: S
     }
     if r.loo_error is not None:
         out["mean_channel_loo"] = float(r.loo_error[live].mean()) if bool(live.any()) else 1.0
-        out["layer_loo"] = float(r.layer_loo_error)
+        out["layer_loo"] = float(r.layer_loo_error) if r.layer_loo_error is not None else None
     return out
 
 
 def _correlation(x: Sequence[float], y: Sequence[float]) -> dict:
     from scipy import stats
 
-    pts = [(a, b) for a, b in zip(x, y) if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
-    res: dict[str, Any] = {"n": len(pts), "pearson_r": None, "pearson_p": None, "spearman_r": None,
-                           "spearman_p": None}
+    pts = [
+        (a, b)
+        for a, b in zip(x, y, strict=False)
+        if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)
+    ]
+    res: dict[str, Any] = {"n": len(pts), "pearson_r": None, "pearson_p": None, "spearman_r": None, "spearman_p": None}
     if len(pts) < 3:
         return res
     xs, ys = np.array(pts).T
@@ -102,12 +109,14 @@ def _correlations(runs: Sequence[dict]) -> dict:
 def _correlation_table(correlations: dict) -> list[str]:
     rows = ["| measure | n | Pearson r | p | Spearman r | p |", "|---|---|---|---|---|---|"]
     for m, c in correlations.items():
-        rows.append(f"| {MEASURES[m]} | {c['n']} | {_fmt(c['pearson_r'], 2)} | {_fmt(c['pearson_p'], 3)} "
-                    f"| {_fmt(c['spearman_r'], 2)} | {_fmt(c['spearman_p'], 3)} |")
+        rows.append(
+            f"| {MEASURES[m]} | {c['n']} | {_fmt(c['pearson_r'], 2)} | {_fmt(c['pearson_p'], 3)} "
+            f"| {_fmt(c['spearman_r'], 2)} | {_fmt(c['spearman_p'], 3)} |"
+        )
     return rows
 
 
-def _run_label(run_dir: Path, config, summary: dict) -> str:
+def _run_label(run_dir: Path) -> str:
     spec = run_dir / "spec.json"
     if spec.exists():
         try:
@@ -119,13 +128,49 @@ def _run_label(run_dir: Path, config, summary: dict) -> str:
     return run_dir.name
 
 
-def _samples(dataset: str, split: str, n_samples: int, seed: int, root) -> tuple[torch.Tensor, torch.Tensor]:
+def _samples(
+    dataset: str, split: str, n_samples: int, seed: int, root: str | None
+) -> tuple[torch.Tensor, torch.Tensor]:
 
     images, labels = data.load(dataset, split, root=root)
     if images.shape[0] > n_samples:
         pick = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:n_samples].sort().values
         images, labels = images[pick], labels[pick]
     return data.normalize(images, dataset), labels
+
+
+def _run_record(
+    rd: Path, model: torch.nn.Module, config: Any, summary: dict, res: dict[str, ChannelOverlap], x: torch.Tensor
+) -> dict:
+    """One run's entry of the analysis: its layers' summaries, the last layer's matrices, and
+    whether it collapsed (at chance accuracy, e.g. kernels shrunk to ~0 by a raw CS
+    initialisation: a degenerate network, kept in the tables but left out of the correlations)."""
+    from convsim._internal.hooks import capture
+
+    with torch.no_grad(), capture(model, list(res)) as store:  # map sizes, from one sample
+        model(x[:1])
+    shapes = {name: tuple(store[name].shape) for name in res}
+    per_layer = [_layer_summary(i + 1, name, r, shapes[name]) for i, (name, r) in enumerate(res.items())]
+    last = list(res.values())[-1]
+    acc = summary.get("test_acc")
+    return {
+        "name": _run_label(Path(rd)),
+        "path": str(rd),
+        "model": getattr(config, "model", None),
+        "width": getattr(config, "width", None),
+        "dataset": config.dataset,
+        "seed": getattr(config, "seed", None),
+        "test_acc": acc,
+        "collapsed": isinstance(acc, (int, float)) and is_collapsed(float(acc), data.DATASETS[config.dataset].classes),
+        "layers": per_layer,
+        "last_layer": {
+            **per_layer[-1],
+            "jaccard": last.jaccard.tolist(),
+            "weighted_overlap": last.weighted_overlap.tolist(),
+            "dead_channels": last.dead.tolist(),
+            "loo_error": None if last.loo_error is None else last.loo_error.tolist(),
+        },
+    }
 
 
 def overlap_analysis(
@@ -137,10 +182,10 @@ def overlap_analysis(
     kernel: str = "cosine",
     solver: str = "exact",
     split: str = "train",
-    layers: Optional[Sequence[str]] = None,
+    layers: Sequence[str] | None = None,
     seed: int = 0,
     batch_size: int = 256,
-    data_dir: Optional[str] = None,
+    data_dir: str | None = None,
     figures: bool = True,
 ) -> dict:
     r"""CW-NNK analysis of trained runs; writes ``overlap.json`` and the figures to ``out_dir``.
@@ -171,8 +216,8 @@ def overlap_analysis(
     """
     from convsim.training.loop import load_run  # the trainer is heavy; import on use
 
-    run_dirs = [Path(p) for p in run_dirs]
-    if not run_dirs:
+    paths = [Path(p) for p in run_dirs]
+    if not paths:
         raise ValueError("overlap_analysis needs at least one run directory")
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
@@ -184,49 +229,42 @@ def overlap_analysis(
     out_dir.mkdir(parents=True, exist_ok=True)
     cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
     runs = []
-    for rd in run_dirs:
+    for rd in paths:
         model, config, summary = load_run(rd)
         key = (config.dataset, data_dir or getattr(config, "data_dir", None))
         if key not in cache:
             cache[key] = _samples(config.dataset, split, n_samples, seed, key[1])
         x, y = cache[key]
-        shapes: dict[str, tuple] = {}
-        res = layer_overlap(model, x, layers=layers, n_samples=x.shape[0], batch_size=batch_size, labels=y, seed=seed,
-                            k=k, kernel=kernel, solver=solver)
-        with torch.no_grad():  # map sizes, from one sample
-            from convsim._internal.hooks import capture
-
-            with capture(model, list(res)) as store:
-                model(x[:1])
-            shapes = {name: tuple(store[name].shape) for name in res}
-        per_layer = [_layer_summary(i + 1, name, r, shapes[name]) for i, (name, r) in enumerate(res.items())]
-        last_name, last = list(res.items())[-1]
-        runs.append({
-            "name": _run_label(rd, config, summary),
-            "path": str(rd),
-            "model": getattr(config, "model", None),
-            "width": getattr(config, "width", None),
-            "dataset": config.dataset,
-            "seed": getattr(config, "seed", None),
-            "test_acc": summary.get("test_acc"),
-            "layers": per_layer,
-            "last_layer": {**per_layer[-1], "jaccard": last.jaccard.tolist(),
-                           "weighted_overlap": last.weighted_overlap.tolist(), "dead_channels": last.dead.tolist(),
-                           "loo_error": None if last.loo_error is None else last.loo_error.tolist()},
-        })
-    # A run at chance accuracy (e.g. kernels shrunk to ~0 by a raw CS initialisation) is a degenerate
-    # network, not a point on the overlap/generalisation curve: keep it in the tables, not in r.
-    for r in runs:
-        chance = 1.0 / data.DATASETS[r["dataset"]].classes
-        r["collapsed"] = r["test_acc"] is not None and r["test_acc"] < 1.5 * chance
+        res = layer_overlap(
+            model,
+            x,
+            layers=layers,
+            n_samples=x.shape[0],
+            batch_size=batch_size,
+            labels=y,
+            seed=seed,
+            k=k,
+            kernel=kernel,
+            solver=solver,
+        )
+        runs.append(_run_record(rd, model, config, summary, res, x))
     trained = [r for r in runs if not r["collapsed"]]
     correlations = _correlations(trained)
     # Pooling architectures confounds overlap with the model (M3 is about 1/C): also per model.
     models = sorted({str(r["model"]) for r in trained})
-    by_model = {m: _correlations([r for r in trained if str(r["model"]) == m]) for m in models} if len(models) > 1 else {}
+    by_model = (
+        {m: _correlations([r for r in trained if str(r["model"]) == m]) for m in models} if len(models) > 1 else {}
+    )
     result = {
-        "options": {"n_samples": int(n_samples), "k": k, "kernel": kernel, "solver": solver, "split": split,
-                    "seed": seed, "layers": list(layers) if layers else None},
+        "options": {
+            "n_samples": int(n_samples),
+            "k": k,
+            "kernel": kernel,
+            "solver": solver,
+            "split": split,
+            "seed": seed,
+            "layers": list(layers) if layers else None,
+        },
         "runs": runs,
         "correlations": correlations,
         "correlations_by_model": by_model,
@@ -242,31 +280,30 @@ def overlap_analysis(
 # ------------------------------------------------------------------------------------------ figures
 
 
-def _depth_pair(runs: Sequence[dict], left: tuple[str, str, str], right: tuple[str, str, str], legend: bool,
-                path: Path) -> None:
+def _depth_pair(
+    runs: Sequence[dict], left: tuple[str, str, str], right: tuple[str, str, str], legend: bool, path: Path
+) -> None:
     """Two panels of per-layer values against depth, one line per run (same colour in both);
     ``left``/``right`` are (layer key, y label, title)."""
     fig, axes = _new_figure(2)
     for r in runs:
         d = [lay["depth"] for lay in r["layers"]]
-        line, = axes[0].plot(d, [lay[left[0]] for lay in r["layers"]], marker="o", ms=3, label=r["name"])
+        (line,) = axes[0].plot(d, [lay[left[0]] for lay in r["layers"]], marker="o", ms=3, label=r["name"])
         axes[1].plot(d, [lay[right[0]] for lay in r["layers"]], marker="o", ms=3, color=line.get_color())
-    for ax, (_, ylabel, title) in zip(axes, (left, right)):
+    for ax, (_, ylabel, title) in zip(axes, (left, right), strict=False):
         ax.set(xlabel="conv layer (depth)", ylabel=ylabel, title=title)
     if legend:
         axes[0].legend(fontsize=6)
     _save(fig, path)
 
 
-def _new_figure(ncols: int, width: float = 4.6, height: float = 3.4, nrows: int = 1):
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
-
+def _new_figure(ncols: int, width: float = 4.6, height: float = 3.4, nrows: int = 1) -> tuple[Figure, list[Axes]]:
     fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
     axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(nrows * ncols)]
     return fig, axes
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig: Figure, path: Path) -> None:
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
 
 
@@ -276,22 +313,32 @@ def _figures(result: dict, out_dir: Path) -> list[str]:
     runs = result["runs"]
     legend = len(runs) <= 12
     # 1. counts against depth: per-channel mean vs whole-layer mean
-    _depth_pair(runs, ("mean_channel_count", "mean NNK count", "per channel"),
-                ("mean_layer_count", "mean NNK count", "whole layer"), legend, out_dir / FIGURES[0])
+    _depth_pair(
+        runs,
+        ("mean_channel_count", "mean NNK count", "per channel"),
+        ("mean_layer_count", "mean NNK count", "whole layer"),
+        legend,
+        out_dir / FIGURES[0],
+    )
     # 2. redundancy (1 - M2) and M3 against depth
-    _depth_pair(runs, ("redundancy", "1 - M2", "redundancy (shared channel neighbours)"),
-                ("aggregate_ratio", "M3", "layer count / sum of channel counts"), legend, out_dir / FIGURES[1])
+    _depth_pair(
+        runs,
+        ("redundancy", "1 - M2", "redundancy (shared channel neighbours)"),
+        ("aggregate_ratio", "M3", "layer count / sum of channel counts"),
+        legend,
+        out_dir / FIGURES[1],
+    )
     # 3. M1 heat maps of the last conv layer
     shown = runs[:MAX_HEATMAPS]
     ncols = min(4, len(shown))
     nrows = -(-len(shown) // ncols)
     fig, axes = _new_figure(ncols, 3.2, 3.0, nrows)
-    for ax, r in zip(axes, shown):
+    for ax, r in zip(axes, shown, strict=False):
         im = ax.imshow(np.array(r["last_layer"]["jaccard"]), vmin=0, vmax=1, cmap="viridis")
         ax.set_title(f"{r['name']}\n{r['last_layer']['name']} (M1)", fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
-    for ax in axes[len(shown):]:
+    for ax in axes[len(shown) :]:
         ax.axis("off")
     fig.colorbar(im, ax=axes, shrink=0.8)
     _save(fig, out_dir / FIGURES[2])
@@ -299,9 +346,9 @@ def _figures(result: dict, out_dir: Path) -> list[str]:
     fig, axes = _new_figure(2)
     trained = [r for r in runs if not r.get("collapsed")]
     acc = [r["test_acc"] for r in trained]
-    for ax, m in zip(axes, ("aggregate_ratio", "redundancy")):
+    for ax, m in zip(axes, ("aggregate_ratio", "redundancy"), strict=False):
         xs = [r["last_layer"][m] for r in trained]
-        pts = [(x, y) for x, y in zip(xs, acc) if y is not None]
+        pts = [(x, y) for x, y in zip(xs, acc, strict=False) if y is not None]
         if pts:
             px, py = np.array(pts).T
             ax.scatter(px, py, s=18)
@@ -310,12 +357,13 @@ def _figures(result: dict, out_dir: Path) -> list[str]:
                 slope, icpt = np.polyfit(px, py, 1)
                 grid = np.linspace(px.min(), px.max(), 20)
                 ax.plot(grid, slope * grid + icpt, color="C3", lw=1)
-                ax.set_title(f"Pearson r = {c['pearson_r']:.2f}, Spearman = {c['spearman_r']:.2f} (n={c['n']})",
-                             fontsize=8)
+                ax.set_title(
+                    f"Pearson r = {c['pearson_r']:.2f}, Spearman = {c['spearman_r']:.2f} (n={c['n']})", fontsize=8
+                )
             else:
                 ax.set_title(f"n = {c['n']}: too few varying runs for r", fontsize=8)
         ax.set(xlabel=f"last conv layer: {MEASURES[m]}", ylabel="test accuracy")
-        ax.xaxis.label.set_size(8)
+        ax.xaxis.label.set_fontsize(8)
         ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.tick_params(labelsize=7)
     _save(fig, out_dir / FIGURES[3])
@@ -325,7 +373,7 @@ def _figures(result: dict, out_dir: Path) -> list[str]:
 # ------------------------------------------------------------------------------------------ markdown
 
 
-def _fmt(v, digits: int = 3) -> str:
+def _fmt(v: float | None, digits: int = 3) -> str:
     if v is None:
         return "–"
     if isinstance(v, float):
@@ -333,7 +381,7 @@ def _fmt(v, digits: int = 3) -> str:
     return str(v)
 
 
-def overlap_markdown(result: dict, figure_dir: Optional[str] = None) -> str:
+def overlap_markdown(result: dict, figure_dir: str | None = None) -> str:
     """A report section (markdown, no top heading) for the result of :func:`overlap_analysis`.
 
     ``figure_dir`` is the figures' folder relative to the markdown file; default the name of the
@@ -358,28 +406,38 @@ def overlap_markdown(result: dict, figure_dir: Optional[str] = None) -> str:
     ]
     for r in result["runs"]:
         L = r["last_layer"]
-        lines.append(f"| {r['name']} | {L['name']} | {L['channels']} | {L['dead']} | {_fmt(L['mean_channel_count'], 2)} "
-                     f"| {_fmt(L['mean_layer_count'], 2)} | {_fmt(L['jaccard_score'])} | {_fmt(L['redundancy'])} "
-                     f"| {_fmt(L['aggregate_ratio'])} | {_fmt(L.get('mean_channel_loo'))} | {_fmt(L.get('layer_loo'))} "
-                     f"| {_fmt(r['test_acc'], 4)} |")
+        lines.append(
+            f"| {r['name']} | {L['name']} | {L['channels']} | {L['dead']} | {_fmt(L['mean_channel_count'], 2)} "
+            f"| {_fmt(L['mean_layer_count'], 2)} | {_fmt(L['jaccard_score'])} | {_fmt(L['redundancy'])} "
+            f"| {_fmt(L['aggregate_ratio'])} | {_fmt(L.get('mean_channel_loo'))} | {_fmt(L.get('layer_loo'))} "
+            f"| {_fmt(r['test_acc'], 4)} |"
+        )
     lines += ["", "**Correlation with test accuracy across runs (last conv layer)**", ""]
     lines += _correlation_table(result["correlations"])
     for model, corr in result.get("correlations_by_model", {}).items():
         lines += ["", f"_Within {model} runs only:_", ""] + _correlation_table(corr)
     excluded = [r["name"] for r in result["runs"] if r.get("collapsed")]
     if excluded:
-        lines += ["", f"_Runs at chance accuracy (below 1.5 × chance) are left out of the correlations: "
-                      f"{', '.join(excluded)}._"]
+        lines += [
+            "",
+            f"_Runs at chance accuracy (below 1.5 × chance) are left out of the correlations: {', '.join(excluded)}._",
+        ]
     if all(c["pearson_r"] is None for c in result["correlations"].values()):
         lines += ["", "_Correlations need at least 3 runs whose values vary._"]
-    lines += ["", "**Every conv layer**", "",
-              "| run | depth | layer | C | dead | count per channel | layer count | M1 | 1 - M2 | M3 |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "**Every conv layer**",
+        "",
+        "| run | depth | layer | C | dead | count per channel | layer count | M1 | 1 - M2 | M3 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["runs"]:
         for L in r["layers"]:
-            lines.append(f"| {r['name']} | {L['depth']} | {L['name']} | {L['channels']} | {L['dead']} "
-                         f"| {_fmt(L['mean_channel_count'], 2)} | {_fmt(L['mean_layer_count'], 2)} "
-                         f"| {_fmt(L['jaccard_score'])} | {_fmt(L['redundancy'])} | {_fmt(L['aggregate_ratio'])} |")
+            lines.append(
+                f"| {r['name']} | {L['depth']} | {L['name']} | {L['channels']} | {L['dead']} "
+                f"| {_fmt(L['mean_channel_count'], 2)} | {_fmt(L['mean_layer_count'], 2)} "
+                f"| {_fmt(L['jaccard_score'])} | {_fmt(L['redundancy'])} | {_fmt(L['aggregate_ratio'])} |"
+            )
     if result.get("figures"):
         lines.append("")
         captions = {

@@ -11,42 +11,84 @@ Example::
     groups = group_runs(load_runs("runs/quick/runs"))   # {group name: Group}, complete runs only
     print(groups["cnn1-baseline"].estimate("test_acc").fmt(100))
 """
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from convsim.reporting.intervals import Estimate, mean_ci
+from convsim import data as _data
 from convsim._internal.files import read_jsonl
+from convsim.reporting.intervals import Estimate, mean_ci
+from convsim.reporting.methods import (
+    BASELINE,
+    CS_INIT_METHODS,
+    CS_METHODS,
+    CS_REG_METHODS,
+    PENALTY_METHODS,
+    is_collapsed,
+    method_rank,
+)
+from convsim.training.checkpoint import FINAL_STATUSES
+from convsim.training.config import normalize_config_dict
 
-NUM_CLASSES = 10  # every dataset of convsim.data has 10 classes
-CS_METHODS = ("cs-init", "cs-reg", "cs-init+reg", "cs-decoupled")
-ORTHO_METHODS = ("so", "dso", "mc", "srip", "ocnn")  # kernel-orthogonality penalties (not DeCov)
-METHOD_ORDER = ("baseline", "cs-init", "cs-reg", "cs-init+reg", "cs-decoupled", "so", "dso", "mc", "srip", "ocnn", "decov")
 # Config fields that must agree for two groups to be compared (everything but the method).
-CONTEXT_FIELDS = ("model", "width", "dataset", "train_subset", "test_subset", "epochs", "batch_size",
-                  "optimizer", "lr", "momentum", "weight_decay", "schedule", "early_stop")
+CONTEXT_FIELDS = (
+    "model",
+    "width",
+    "dataset",
+    "train_subset",
+    "test_subset",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "early_stop",
+)
 # Fields that set the CS method itself.
 CS_FIELDS = ("beta", "init_iters", "init_lr", "init_optimizer", "cs_pairs", "cs_channels", "cs_normalize", "cs_mode")
 # Fields that never describe an experiment (where and how a run was executed).
-RUN_FIELDS = {"seed", "out", "resume", "device", "data_dir", "threads", "channels_last", "bf16", "download",
-              "verbose", "eval_batch"}
-COMPLETE_STATUSES = ("complete", "stopped early")  # the trainer's final statuses
+RUN_FIELDS = {
+    "seed",
+    "out",
+    "resume",
+    "device",
+    "data_dir",
+    "threads",
+    "channels_last",
+    "bf16",
+    "download",
+    "verbose",
+    "eval_batch",
+}
 
 
 def infer_method(config: Mapping[str, Any]) -> str:
-    """Method label of a training config: its penalty name, or CS-init / CS-reg / both / baseline."""
+    """Method label of a training config: its penalty name, or CS-init / CS-reg / both / decoupled / baseline."""
     pen = config.get("penalty")
-    if pen not in (None, "", "none") and float(config.get("penalty_weight") or 0) != 0:
+    if pen not in (None, "", "none") and float(config.get("penalty_beta") or 0) != 0:
         return str(pen)
     init = int(config.get("init_iters") or 0) > 0
     reg = float(config.get("beta") or 0) > 0
     if reg and not init and config.get("cs_mode") == "decoupled":
         return "cs-decoupled"
-    return {(True, True): "cs-init+reg", (True, False): "cs-init", (False, True): "cs-reg"}.get((init, reg), "baseline")
+    return {(True, True): "cs-init+reg", (True, False): "cs-init", (False, True): "cs-reg"}.get((init, reg), BASELINE)
+
+
+def _layer_mean(x: Any) -> Any:
+    """A per-layer record (``{layer: value}``, e.g. ``kernel_norm``) becomes its mean over layers."""
+    if isinstance(x, Mapping):
+        vals = [_num(v) for v in x.values()]
+        present = [v for v in vals if v is not None]
+        return sum(present) / len(present) if present and len(present) == len(vals) else None
+    return x
 
 
 def _num(x: Any) -> float | None:
@@ -74,7 +116,7 @@ class Run:
 
     @property
     def complete(self) -> bool:
-        return self.summary.get("status") in COMPLETE_STATUSES
+        return self.summary.get("status") in FINAL_STATUSES
 
     def final(self, key: str) -> float | None:
         """The value of the delivered weights: the summary's top-level metric (after early
@@ -98,10 +140,17 @@ class Run:
         return None
 
     def curve(self, key: str) -> dict[int, float]:
-        """{epoch: value}; epoch 0 is the summary's ``initial`` measurement (after any CS init)."""
-        out = {int(r["epoch"]): float(r[key]) for r in self.metrics
-               if "epoch" in r and _num(r.get(key)) is not None}
-        v = _num((self.summary.get("initial") or {}).get(key))
+        """{epoch: value}; epoch 0 is the summary's ``initial`` measurement (after any CS init).
+
+        A per-layer metric (``kernel_norm``) gives its mean over the layers."""
+        out = {
+            int(r["epoch"]): v
+            for r in self.metrics
+            if "epoch" in r
+            for v in [_num(_layer_mean(r.get(key)))]
+            if v is not None
+        }
+        v = _num(_layer_mean((self.summary.get("initial") or {}).get(key)))
         if v is not None and out:
             out[0] = v
         return dict(sorted(out.items()))
@@ -112,8 +161,9 @@ class Run:
     def stop_epoch(self) -> float | None:
         """The epoch training stopped at (early stopping), else the last epoch run."""
         for v in ((self.summary.get("early_stop") or {}).get("stop_epoch"), self.summary.get("epochs_run")):
-            if _num(v) is not None:
-                return float(v)
+            num = _num(v)
+            if num is not None:
+                return num
         epochs = [int(r["epoch"]) for r in self.metrics if "epoch" in r]
         return float(max(epochs)) if epochs else None
 
@@ -126,8 +176,7 @@ class Run:
         v = _num(self.summary.get("wall_time"))
         if v is not None:
             return v
-        secs = [_num(r.get("seconds")) for r in self.metrics]
-        secs = [s for s in secs if s is not None]
+        secs = [s for s in (_num(r.get("seconds")) for r in self.metrics) if s is not None]
         return float(sum(secs)) if secs else None
 
 
@@ -139,18 +188,19 @@ def read_run(path: str | Path) -> Run | None:
     if spec is None and summary is None:
         return None
     spec, summary = spec or {}, summary or {}
-    config = dict(summary.get("config") or {})
-    if not config:
-        config = dict(spec.get("overrides") or {})
+    config = normalize_config_dict(summary.get("config") or spec.get("overrides") or {})
     name = spec.get("name") or path.name
     seed = spec.get("seed", summary.get("seed", config.get("seed")))
     group = spec.get("group") or re.sub(r"-s\d+$", "", name)
     return Run(
-        path=path, name=name, group=group,
+        path=path,
+        name=name,
+        group=group,
         method=spec.get("method") or infer_method(config),
         seed=seed if seed is not None else name,
         studies=tuple(spec.get("studies") or ()),
-        config=config, summary=summary,
+        config=config,
+        summary=summary,
         metrics=read_jsonl(path / "metrics.jsonl"),
         init=read_jsonl(path / "init.jsonl"),
     )
@@ -242,11 +292,6 @@ def group_runs(runs: Iterable[Run]) -> dict[str, Group]:
     return dict(sorted(groups.items(), key=lambda kv: (method_rank(kv[1].method), kv[0])))
 
 
-def method_rank(method: str) -> int:
-    """Position of a method in :data:`METHOD_ORDER` (unknown methods last)."""
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-
-
 def in_study(groups: Mapping[str, Group], study: str) -> list[Group]:
     """The groups whose runs belong to ``study`` (``main``, ``width``, ``iters``, ...)."""
     return [g for g in groups.values() if study in g.studies]
@@ -262,11 +307,11 @@ def baseline_for(g: Group, groups: Iterable[Group], **replace: Any) -> Group | N
 
 
 def collapsed(g: Group) -> bool:
-    """True when a group's mean test accuracy is below 1.5x chance (10 classes): its network did
-    not train (e.g. kernels shrunk to ~0 by the raw CS initialisation), so its feature-map
-    statistics describe a degenerate network."""
+    """True when a group's mean test accuracy is below 1.5x chance for its dataset's class count
+    (:func:`convsim.reporting.methods.is_collapsed`): its network did not train."""
     e = g.estimate("test_acc")
-    return e is not None and e.mean < 1.5 / NUM_CLASSES
+    info = _data.DATASETS.get(str(g.get("dataset")))
+    return e is not None and info is not None and is_collapsed(e.mean, info.classes)
 
 
 def accuracy_scale(groups: Mapping[str, Group]) -> float:
@@ -293,8 +338,11 @@ def iters_series(groups: Mapping[str, Group]) -> dict[str, dict[float, Group]]:
     out: dict[str, dict[float, Group]] = {}
     for g in in_study(groups, "iters"):
         beta = g.get("beta") or 0
-        label = (f"{g.get('model')} w={float(g.get('width', 1.0)):g}" + (f" β={beta}" if beta else "")
-                 + (" normalised CS" if g.get("cs_normalize") else " raw CS"))
+        label = (
+            f"{g.get('model')} w={float(g.get('width', 1.0)):g}"
+            + (f" β={beta}" if beta else "")
+            + (" normalised CS" if g.get("cs_normalize") else " raw CS")
+        )
         out.setdefault(label, {})[float(g.get("init_iters") or 0)] = g
     for g in in_study(groups, "iters"):  # I = 0 (the baseline) starts every series of its context
         if g.method == "baseline":
@@ -305,13 +353,23 @@ def iters_series(groups: Mapping[str, Group]) -> dict[str, dict[float, Group]]:
     return {k: dict(sorted(v.items())) for k, v in out.items()}
 
 
+def strength(g: Group) -> float | None:
+    """The regularisation strength of a group: CS ``beta`` for CS acting during training, the
+    penalty's ``penalty_beta`` for a penalty, else ``None``."""
+    if g.method in CS_REG_METHODS:
+        return float(g.get("beta") or 0)
+    if g.method in PENALTY_METHODS:
+        return float(g.get("penalty_beta") or 0)
+    return None
+
+
 def method_label(g: Group, with_model: bool = False) -> str:
-    """``"cs-init+reg I=500 β=0.01 (normalised)"``: the method with the settings that tell CS runs apart."""
+    """``"cs-init+reg I=500 β=0.01 (normalised)"``: the method with the settings that tell runs apart."""
     s = g.method
-    if g.method in ("cs-init", "cs-init+reg"):
+    if g.method in CS_INIT_METHODS:
         s += f" I={g.get('init_iters')}"
-    if g.method in ("cs-reg", "cs-init+reg"):
-        s += f" β={g.get('beta')}"
+    if g.method in CS_REG_METHODS or g.method in PENALTY_METHODS:
+        s += f" β={strength(g):g}"
     if g.method in CS_METHODS and g.get("cs_normalize"):
         s += " (normalised)"
     return f"{g.get('model')} {s}" if with_model else s

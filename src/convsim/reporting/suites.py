@@ -1,6 +1,6 @@
 """Experiment suites as data, and ``convsim reproduce``.
 
-A suite is a list of :class:`RunSpec`: a run name, a method label, the :class:`convsim.training.loop.TrainConfig`
+A suite is a list of :class:`RunSpec`: a run name, a method label, the :class:`convsim.training.config.TrainConfig`
 fields it sets, a seed, and the *studies* (report sections) it feeds. Runs that differ only in
 their seed share a *group*; a run shared by several studies (the width-1 baseline is in the method
 comparison, the width sweep and the I sweep) is trained once. The grid is built by small helpers::
@@ -22,26 +22,28 @@ Suites (what ``quick`` costs on a 2-core CPU is recorded in ``BENCHMARKS.md``):
 * ``paper`` (180 runs): the full protocol for a GPU (full Fashion-MNIST, 50 epochs for cnn1/cnn2,
   ResNet18 widths 0.25-1, I in {0, 100, 500, 1000, 2000}, beta in {0.001, 0.01, 0.1}). Not run here.
 """
+
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import re
-import sys
 import time
 import traceback
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from types import ModuleType
+from typing import Any
 
-from convsim._internal.files import atomic_write_json
-
-CS_METHODS = ("cs-init", "cs-reg", "cs-init+reg", "cs-decoupled")
-PENALTY_METHODS = ("so", "ocnn", "srip", "decov")
-METHODS = ("baseline",) + CS_METHODS + PENALTY_METHODS
+from convsim._internal.files import atomic_write_json, atomic_write_text
+from convsim.reporting.claims import ClaimDesign
+from convsim.reporting.methods import CS_INIT_METHODS, CS_REG_METHODS, METHODS, PENALTY_METHODS
+from convsim.reporting.runs import read_json
+from convsim.training.checkpoint import FINAL_STATUSES
+from convsim.training.config import normalize_config_dict
 
 
 @dataclass(frozen=True)
@@ -56,18 +58,25 @@ class RunSpec:
     studies: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "group": self.group, "method": self.method, "seed": self.seed,
-                "overrides": dict(self.overrides), "studies": list(self.studies)}
+        return {
+            "name": self.name,
+            "group": self.group,
+            "method": self.method,
+            "seed": self.seed,
+            "overrides": dict(self.overrides),
+            "studies": list(self.studies),
+        }
 
 
 @dataclass(frozen=True)
 class Hyper:
-    """Method hyper-parameters: CS weight beta, CS-init iterations I, and penalty weights."""
+    """Method hyper-parameters: CS strength beta, CS-init iterations I, and each penalty's strength beta."""
 
     beta: float = 0.01
     init_iters: int = 500
-    penalty_weights: Mapping[str, float] = field(default_factory=lambda: {"so": 0.1, "ocnn": 0.1, "srip": 0.1,
-                                                                         "decov": 0.01})
+    penalty_betas: Mapping[str, float] = field(
+        default_factory=lambda: {"so": 0.1, "ocnn": 0.1, "srip": 0.1, "decov": 0.01}
+    )
 
 
 def method_overrides(method: str, hp: Hyper) -> dict:
@@ -79,33 +88,41 @@ def method_overrides(method: str, hp: Hyper) -> dict:
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    o = {"beta": 0.0, "init_iters": 0, "penalty": "none", "penalty_weight": 0.0}
-    if method in ("cs-init", "cs-init+reg"):
+    o = {"beta": 0.0, "init_iters": 0, "penalty": "none", "penalty_beta": 0.0}
+    if method in CS_INIT_METHODS:
         o["init_iters"] = int(hp.init_iters)
-    if method in ("cs-reg", "cs-init+reg", "cs-decoupled"):
+    if method in CS_REG_METHODS:
         o["beta"] = float(hp.beta)
     if method == "cs-decoupled":
         o["cs_mode"] = "decoupled"
     if method in PENALTY_METHODS:
-        o["penalty"], o["penalty_weight"] = method, float(hp.penalty_weights[method])
+        o["penalty"], o["penalty_beta"] = method, float(hp.penalty_betas[method])
     return o
 
 
 def group_name(overrides: Mapping[str, Any], method: str, tag: str = "") -> str:
     """``cnn1-w1-cs-init-I500``: model, width, method and its CS settings, then ``tag``."""
     parts = [str(overrides["model"]), f"w{float(overrides.get('width', 1.0)):g}", method]
-    if method in ("cs-init", "cs-init+reg"):
+    if method in CS_INIT_METHODS:
         parts.append(f"I{overrides['init_iters']}")
-    if method in ("cs-reg", "cs-init+reg", "cs-decoupled"):
+    if method in CS_REG_METHODS:
         parts.append(f"b{overrides['beta']:g}")
     if tag:
         parts.append(tag)
     return "-".join(parts)
 
 
-def grid(study: str, models: Mapping[str, Mapping[str, Any]], *, methods: Sequence[str], seeds: Sequence[int],
-         hp: Hyper | Mapping[str, Hyper], widths: Sequence[float] | None = None, tag: str = "",
-         extra: Mapping[str, Any] | None = None) -> list[RunSpec]:
+def grid(
+    study: str,
+    models: Mapping[str, Mapping[str, Any]],
+    *,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    hp: Hyper | Mapping[str, Hyper],
+    widths: Sequence[float] | None = None,
+    tag: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> list[RunSpec]:
     """Runs for every model x width x method x seed of one study.
 
     ``models`` maps a model name to its base config (dataset, subsets, epochs, optimiser...);
@@ -135,8 +152,10 @@ def merge(*spec_lists: Iterable[RunSpec]) -> list[RunSpec]:
             if s.name in out:
                 old = out[s.name]
                 if dict(old.overrides) != dict(s.overrides) or old.method != s.method:
-                    raise ValueError(f"run {s.name!r} is defined twice with different settings: "
-                                     f"{dict(old.overrides)} vs {dict(s.overrides)}")
+                    raise ValueError(
+                        f"run {s.name!r} is defined twice with different settings: "
+                        f"{dict(old.overrides)} vs {dict(s.overrides)}"
+                    )
                 studies = old.studies + tuple(x for x in s.studies if x not in old.studies)
                 out[s.name] = dataclasses.replace(old, studies=studies)
             else:
@@ -148,22 +167,23 @@ def merge(*spec_lists: Iterable[RunSpec]) -> list[RunSpec]:
 # The suites
 # ----------------------------------------------------------------------------------------------
 
-def _cnn1(data: Mapping[str, Any], **kw) -> dict:
+
+def _cnn1(data: Mapping[str, Any], **kw: Any) -> dict:
     # The released MNIST CNN1 protocol (spec §12.3): plain SGD, lr 0.01, no momentum (batch 128 there).
     return {"optimizer": "sgd", "lr": 0.01, "momentum": 0.0, "batch_size": 128, **data, **kw}
 
 
-def _bn_net(data: Mapping[str, Any], **kw) -> dict:
+def _bn_net(data: Mapping[str, Any], **kw: Any) -> dict:
     # cnn2 and ResNet18 (BatchNorm): the released CIFAR protocol, SGD with momentum 0.9 (spec §12.2).
     return {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "batch_size": 128, **data, **kw}
 
 
 # Penalty weights: about 5-15% of the initial cross-entropy (2.3) for each model's initial weights.
-CNN1_HP = Hyper(beta=0.01, init_iters=500, penalty_weights={"so": 0.05, "ocnn": 0.05, "srip": 0.1, "decov": 0.5})
-BN_HP = Hyper(beta=0.001, init_iters=500, penalty_weights={"so": 0.005, "ocnn": 0.005, "srip": 0.05, "decov": 0.05})
+CNN1_HP = Hyper(beta=0.01, init_iters=500, penalty_betas={"so": 0.05, "ocnn": 0.05, "srip": 0.1, "decov": 0.5})
+BN_HP = Hyper(beta=0.001, init_iters=500, penalty_betas={"so": 0.005, "ocnn": 0.005, "srip": 0.05, "decov": 0.05})
 
 
-def _hp(base: Hyper, **kw) -> Hyper:
+def _hp(base: Hyper, **kw: Any) -> Hyper:
     return dataclasses.replace(base, **kw)
 
 
@@ -172,29 +192,56 @@ MAIN_METHODS = ("baseline", "cs-init", "cs-reg", "cs-init+reg", "so", "ocnn", "s
 
 def smoke_suite() -> list[RunSpec]:
     """Seconds per run on synthetic data: every report section gets data, nothing is meaningful."""
-    data = {"dataset": "synthetic", "train_subset": 256, "test_subset": 128, "epochs": 2, "batch_size": 32,
-            "fm_batch": 64}
+    data = {
+        "dataset": "synthetic",
+        "train_subset": 256,
+        "test_subset": 128,
+        "epochs": 2,
+        "batch_size": 32,
+        "fm_batch": 64,
+    }
     hp = _hp(CNN1_HP, init_iters=20)
     cnn1 = {"cnn1": _cnn1(data, lr=0.05)}
     seeds = (0, 1)
     es = {"epochs": 3, "patience": 1, "es_samples": 128, "es_k": 5}
     return merge(
         grid("main", cnn1, methods=("baseline", "cs-init", "cs-reg", "so"), seeds=seeds, hp=hp),
-        grid("main", {"cnn2": _bn_net(data, epochs=1, width=0.25)}, methods=("baseline", "cs-reg"), seeds=seeds,
-             hp=BN_HP),
+        grid(
+            "main", {"cnn2": _bn_net(data, epochs=1, width=0.25)}, methods=("baseline", "cs-reg"), seeds=seeds, hp=BN_HP
+        ),
         grid("width", cnn1, methods=("baseline", "cs-reg"), widths=(0.5, 1.0), seeds=seeds, hp=hp),
         grid("iters", cnn1, methods=("baseline", "cs-init"), seeds=seeds, hp=hp),
         grid("iters", cnn1, methods=("cs-init",), seeds=seeds, hp=_hp(hp, init_iters=5)),
         grid("beta", cnn1, methods=("cs-reg",), seeds=seeds, hp=hp),
         grid("beta", cnn1, methods=("cs-reg",), seeds=seeds, hp=_hp(hp, beta=0.1)),
-        grid("resnet", {"resnet18": _bn_net(data, epochs=1, width=0.0625, train_subset=128)},
-             methods=("baseline", "cs-init"), seeds=seeds, hp=_hp(BN_HP, init_iters=10)),
-        grid("momentum", cnn1, methods=("baseline", "cs-init"), seeds=seeds, hp=hp, extra={"momentum": 0.9},
-             tag="m0.9"),
-        grid("early_stop", cnn1, methods=("baseline",), seeds=seeds, hp=hp, extra={"early_stop": "cwnnk", **es},
-             tag="es-cwnnk"),
-        grid("early_stop", cnn1, methods=("baseline",), seeds=seeds, hp=hp,
-             extra={"early_stop": "validation", **es}, tag="es-validation"),
+        grid(
+            "resnet",
+            {"resnet18": _bn_net(data, epochs=1, width=0.0625, train_subset=128)},
+            methods=("baseline", "cs-init"),
+            seeds=seeds,
+            hp=_hp(BN_HP, init_iters=10),
+        ),
+        grid(
+            "momentum", cnn1, methods=("baseline", "cs-init"), seeds=seeds, hp=hp, extra={"momentum": 0.9}, tag="m0.9"
+        ),
+        grid(
+            "early_stop",
+            cnn1,
+            methods=("baseline",),
+            seeds=seeds,
+            hp=hp,
+            extra={"early_stop": "cwnnk", **es},
+            tag="es-cwnnk",
+        ),
+        grid(
+            "early_stop",
+            cnn1,
+            methods=("baseline",),
+            seeds=seeds,
+            hp=hp,
+            extra={"early_stop": "validation", **es},
+            tag="es-validation",
+        ),
     )
 
 
@@ -219,8 +266,13 @@ def quick_suite() -> list[RunSpec]:
     momentum = {"momentum": 0.9, "lr": 0.002}
     es = {"epochs": 8, "patience": 2, "es_samples": 500, "es_k": 15}
     return merge(
-        grid("main", cnn1, methods=("baseline", "cs-init", "cs-reg", "so", "ocnn", "srip", "decov"), seeds=seeds,
-             hp=CNN1_HP),
+        grid(
+            "main",
+            cnn1,
+            methods=("baseline", "cs-init", "cs-reg", "so", "ocnn", "srip", "decov"),
+            seeds=seeds,
+            hp=CNN1_HP,
+        ),
         grid("main", cnn1, methods=("cs-init",), seeds=seeds, hp=CNN1_HP, extra=norm, tag="norm"),
         grid("main", cnn2, methods=("baseline", "cs-init", "cs-reg"), seeds=seeds, hp=BN_HP),
         grid("width", cnn1, methods=("baseline", "cs-reg"), widths=(0.5, 1.0, 2.0), seeds=seeds, hp=CNN1_HP),
@@ -229,12 +281,27 @@ def quick_suite() -> list[RunSpec]:
         grid("iters", cnn1, methods=("cs-init",), seeds=seeds, hp=CNN1_HP, extra=norm, tag="norm"),
         grid("resnet", resnet, methods=("baseline", "cs-init", "cs-reg"), seeds=seeds, hp=BN_HP),
         grid("momentum", cnn1, methods=("baseline", "cs-reg"), seeds=seeds, hp=CNN1_HP, extra=momentum, tag="m0.9"),
-        grid("momentum", cnn1, methods=("cs-init",), seeds=seeds, hp=CNN1_HP, extra={**momentum, **norm},
-             tag="norm-m0.9"),
-        grid("early_stop", cnn1, methods=("baseline",), seeds=seeds, hp=CNN1_HP,
-             extra={"early_stop": "cwnnk", **es}, tag="es-cwnnk"),
-        grid("early_stop", cnn1, methods=("baseline",), seeds=seeds, hp=CNN1_HP,
-             extra={"early_stop": "validation", **es}, tag="es-validation"),
+        grid(
+            "momentum", cnn1, methods=("cs-init",), seeds=seeds, hp=CNN1_HP, extra={**momentum, **norm}, tag="norm-m0.9"
+        ),
+        grid(
+            "early_stop",
+            cnn1,
+            methods=("baseline",),
+            seeds=seeds,
+            hp=CNN1_HP,
+            extra={"early_stop": "cwnnk", **es},
+            tag="es-cwnnk",
+        ),
+        grid(
+            "early_stop",
+            cnn1,
+            methods=("baseline",),
+            seeds=seeds,
+            hp=CNN1_HP,
+            extra={"early_stop": "validation", **es},
+            tag="es-validation",
+        ),
     )
 
 
@@ -251,27 +318,83 @@ def paper_suite() -> list[RunSpec]:
     return merge(
         grid("main", cnns, methods=MAIN_METHODS, seeds=seeds, hp=hp),
         grid("main", cnn1, methods=("cs-init", "cs-init+reg"), seeds=seeds, hp=CNN1_HP, extra=norm, tag="norm"),
-        grid("width", cnn1, methods=("baseline", "cs-reg", "cs-init+reg"), widths=(0.5, 1.0, 2.0, 4.0),
-             seeds=seeds, hp=CNN1_HP),
+        grid(
+            "width",
+            cnn1,
+            methods=("baseline", "cs-reg", "cs-init+reg"),
+            widths=(0.5, 1.0, 2.0, 4.0),
+            seeds=seeds,
+            hp=CNN1_HP,
+        ),
         grid("width", cnn2, methods=("baseline", "cs-reg"), widths=(0.25, 0.5, 1.0), seeds=seeds, hp=BN_HP),
         grid("iters", cnns, methods=("baseline",), seeds=seeds, hp=hp),
-        *[grid("iters", cnn1, methods=("cs-init",), seeds=seeds, hp=_hp(CNN1_HP, init_iters=i), extra=norm,
-               tag="norm") for i in (100, 500, 1000, 2000)],
-        *[grid("iters", cnns, methods=("cs-init",), seeds=seeds,
-               hp={m: _hp(h, init_iters=i) for m, h in hp.items()}) for i in (100, 500, 1000, 2000)],
-        *[grid("beta", cnns, methods=("cs-reg",), seeds=seeds, hp={m: _hp(h, beta=b) for m, h in hp.items()})
-          for b in (0.001, 0.01, 0.1)],
-        grid("resnet", resnet, methods=("baseline", "cs-init", "cs-reg", "cs-init+reg", "so", "ocnn"),
-             seeds=seeds, hp=BN_HP),
+        *[
+            grid(
+                "iters", cnn1, methods=("cs-init",), seeds=seeds, hp=_hp(CNN1_HP, init_iters=i), extra=norm, tag="norm"
+            )
+            for i in (100, 500, 1000, 2000)
+        ],
+        *[
+            grid("iters", cnns, methods=("cs-init",), seeds=seeds, hp={m: _hp(h, init_iters=i) for m, h in hp.items()})
+            for i in (100, 500, 1000, 2000)
+        ],
+        *[
+            grid("beta", cnns, methods=("cs-reg",), seeds=seeds, hp={m: _hp(h, beta=b) for m, h in hp.items()})
+            for b in (0.001, 0.01, 0.1)
+        ],
+        grid(
+            "resnet",
+            resnet,
+            methods=("baseline", "cs-init", "cs-reg", "cs-init+reg", "so", "ocnn"),
+            seeds=seeds,
+            hp=BN_HP,
+        ),
         grid("resnet", resnet, methods=("baseline", "cs-init"), widths=(0.25, 0.5), seeds=seeds, hp=BN_HP),
-        grid("momentum", cnn1, methods=("baseline", "cs-init", "cs-reg"), seeds=seeds, hp=CNN1_HP,
-             extra={"momentum": 0.9, "lr": 0.001}, tag="m0.9"),
-        grid("momentum", cnn1, methods=("cs-init",), seeds=seeds, hp=CNN1_HP,
-             extra={"momentum": 0.9, "lr": 0.001, **norm}, tag="norm-m0.9"),
-        grid("early_stop", cnn1, methods=("baseline",), seeds=seeds, hp=CNN1_HP,
-             extra={"early_stop": "cwnnk", "epochs": 100, "patience": 5}, tag="es-cwnnk"),
-        grid("early_stop", cnn1, methods=("baseline",), seeds=seeds, hp=CNN1_HP,
-             extra={"early_stop": "validation", "epochs": 100, "patience": 5}, tag="es-validation"),
+        _paper_cnn1_extras(cnn1, seeds),
+    )
+
+
+def _paper_cnn1_extras(cnn1: Mapping[str, Mapping[str, Any]], seeds: Sequence[int]) -> list[RunSpec]:
+    """The paper suite's cnn1 momentum and early-stopping studies."""
+    momentum = {"momentum": 0.9, "lr": 0.001}
+    es = {"epochs": 100, "patience": 5}
+    return merge(
+        grid(
+            "momentum",
+            cnn1,
+            methods=("baseline", "cs-init", "cs-reg"),
+            seeds=seeds,
+            hp=CNN1_HP,
+            extra=momentum,
+            tag="m0.9",
+        ),
+        grid(
+            "momentum",
+            cnn1,
+            methods=("cs-init",),
+            seeds=seeds,
+            hp=CNN1_HP,
+            extra={**momentum, "cs_normalize": True},
+            tag="norm-m0.9",
+        ),
+        grid(
+            "early_stop",
+            cnn1,
+            methods=("baseline",),
+            seeds=seeds,
+            hp=CNN1_HP,
+            extra={"early_stop": "cwnnk", **es},
+            tag="es-cwnnk",
+        ),
+        grid(
+            "early_stop",
+            cnn1,
+            methods=("baseline",),
+            seeds=seeds,
+            hp=CNN1_HP,
+            extra={"early_stop": "validation", **es},
+            tag="es-validation",
+        ),
     )
 
 
@@ -279,7 +402,7 @@ def paper_suite() -> list[RunSpec]:
 # CNN1_HP's (about 5-15% and 50-150% of the initial cross-entropy).
 FMNIST_BETAS = (0.001, 0.01, 0.1)
 FMNIST_NORM_BETAS = (0.01, 0.1)
-FMNIST_PENALTY_WEIGHTS = {m: (w, 10 * w) for m, w in CNN1_HP.penalty_weights.items()}
+FMNIST_PENALTY_BETAS = {m: (w, 10 * w) for m, w in CNN1_HP.penalty_betas.items()}
 FMNIST_EPOCHS = 30
 FMNIST_SEEDS = (0, 1, 2, 3, 4)
 
@@ -305,30 +428,49 @@ def fmnist_suite() -> list[RunSpec]:
     return merge(
         grid("main", cnn1, methods=("baseline", "cs-reg"), seeds=seeds, hp=hp),
         grid("width", cnn1, methods=("baseline", "cs-reg"), widths=(0.5, 2.0), seeds=seeds, hp=hp),
-        grid("momentum", cnn1, methods=("baseline", "cs-reg", "cs-decoupled"), seeds=seeds, hp=hp, extra=momentum,
-             tag="m0.9"),
+        grid(
+            "momentum",
+            cnn1,
+            methods=("baseline", "cs-reg", "cs-decoupled"),
+            seeds=seeds,
+            hp=hp,
+            extra=momentum,
+            tag="m0.9",
+        ),
         grid("main", cnn1, methods=("cs-decoupled",), seeds=seeds, hp=hp),
         grid("main", cnn1, methods=("cs-init",), seeds=seeds, hp=hp, extra=norm, tag="norm"),
-        grid("momentum", cnn1, methods=("cs-init",), seeds=seeds, hp=hp, extra={**momentum, **norm},
-             tag="norm-m0.9"),
+        grid("momentum", cnn1, methods=("cs-init",), seeds=seeds, hp=hp, extra={**momentum, **norm}, tag="norm-m0.9"),
         *[grid("beta", cnn1, methods=("cs-reg",), seeds=seeds, hp=_hp(hp, beta=b)) for b in FMNIST_BETAS],
-        *[grid("beta", cnn1, methods=("cs-reg",), seeds=seeds, hp=_hp(hp, beta=b), extra=norm, tag="norm")
-          for b in FMNIST_NORM_BETAS],
-        *[grid("ortho", cnn1, methods=(m,), seeds=seeds, hp=_hp(hp, penalty_weights={m: w}), tag=f"p{w:g}")
-          for m, ws in FMNIST_PENALTY_WEIGHTS.items() for w in ws],
+        *[
+            grid("beta", cnn1, methods=("cs-reg",), seeds=seeds, hp=_hp(hp, beta=b), extra=norm, tag="norm")
+            for b in FMNIST_NORM_BETAS
+        ],
+        *[
+            grid("ortho", cnn1, methods=(m,), seeds=seeds, hp=_hp(hp, penalty_betas={m: w}), tag=f"p{w:g}")
+            for m, ws in FMNIST_PENALTY_BETAS.items()
+            for w in ws
+        ],
         grid("main", cnn1, methods=("cs-init",), seeds=seeds, hp=hp),
     )
 
 
-SUITES: dict[str, list[RunSpec]] = {"smoke": smoke_suite(), "quick": quick_suite(), "paper": paper_suite(),
-                                    "fmnist": fmnist_suite()}
-# Options of the report's channel-wise NNK overlap section (keyword arguments of overlap_analysis,
-# plus "study": which runs it analyses).
+SUITES: dict[str, list[RunSpec]] = {
+    "smoke": smoke_suite(),
+    "quick": quick_suite(),
+    "paper": paper_suite(),
+    "fmnist": fmnist_suite(),
+}
+# Per suite: the claims' primary comparisons ("claims", group names) and the options of the report's
+# channel-wise NNK overlap section ("overlap": keyword arguments of overlap_analysis, plus "study":
+# which runs it analyses). Every suite's cnn1 groups follow the same naming, so one design serves.
 SUITE_OPTIONS: dict[str, dict] = {
-    "smoke": {"overlap": {"study": "main", "n_samples": 64, "k": 5}},
-    "quick": {"overlap": {"study": "main", "n_samples": 500, "k": 15}},
-    "paper": {"overlap": {"study": "main", "n_samples": 2000, "k": 25}},
-    "fmnist": {"overlap": {"study": "main", "n_samples": 1000, "k": 25}},
+    "smoke": {
+        "claims": ClaimDesign(larger_baseline="cnn1-w1-baseline"),
+        "overlap": {"study": "main", "n_samples": 64, "k": 5},
+    },
+    "quick": {"claims": ClaimDesign(), "overlap": {"study": "main", "n_samples": 500, "k": 15}},
+    "paper": {"claims": ClaimDesign(), "overlap": {"study": "main", "n_samples": 2000, "k": 25}},
+    "fmnist": {"claims": ClaimDesign(), "overlap": {"study": "main", "n_samples": 1000, "k": 25}},
 }
 
 
@@ -336,10 +478,11 @@ SUITE_OPTIONS: dict[str, dict] = {
 # Running a suite
 # ----------------------------------------------------------------------------------------------
 
-def _train_module():
-    from convsim.training import loop as train_mod  # imported late: `convsim reproduce --help` stays fast
 
-    return train_mod
+def _train_module() -> ModuleType:
+    import convsim.training  # imported late: `convsim reproduce --help` stays fast
+
+    return convsim.training
 
 
 def validate_specs(specs: Sequence[RunSpec], config_cls: type | None = None) -> None:
@@ -353,20 +496,24 @@ def validate_specs(specs: Sequence[RunSpec], config_cls: type | None = None) -> 
 
 
 def run_status(run_dir: Path) -> str:
-    """"complete", "interrupted" (a run directory without a complete summary) or "missing"."""
+    """ "complete", "interrupted" (a run directory without a complete summary) or "missing"."""
     try:
         status = json.loads((run_dir / "summary.json").read_text()).get("status")
     except (FileNotFoundError, json.JSONDecodeError):
         status = None
-    if status in ("complete", "stopped early"):  # the trainer's final statuses
+    if status in FINAL_STATUSES:
         return "complete"
-    return "interrupted" if run_dir.exists() and any(run_dir.glob("*.jsonl")) or (run_dir / "checkpoint.pt").exists() else "missing"
+    return (
+        "interrupted"
+        if run_dir.exists() and any(run_dir.glob("*.jsonl")) or (run_dir / "checkpoint.pt").exists()
+        else "missing"
+    )
 
 
 def stale_settings(spec: RunSpec, run_dir: Path) -> dict:
     """{field: (stored, wanted)} where a finished run's stored config differs from ``spec``."""
     try:
-        stored = json.loads((run_dir / "summary.json").read_text()).get("config") or {}
+        stored = normalize_config_dict(json.loads((run_dir / "summary.json").read_text()).get("config") or {})
     except (FileNotFoundError, json.JSONDecodeError):
         return {}
     return {k: (stored.get(k), v) for k, v in spec.overrides.items() if k in stored and stored[k] != v}
@@ -396,40 +543,81 @@ def _train_one(spec_dict: dict, run_dir: str, run_opts: dict) -> tuple[str, str,
         return name, "failed", time.perf_counter() - t0, f"{type(exc).__name__}: {exc}\n{tb}"
 
 
-def reproduce(suite: str, out: str | os.PathLike, *, data_dir: str | None = None, device: str | None = None,
-              jobs: int = 1, only: str | None = None, threads: int | None = None, download: bool = False,
-              train_one: Callable[[dict, str, dict], tuple[str, str, float, str]] | None = None,
-              report: bool = True, log: Callable[[str], None] = print) -> dict:
+TrainOne = Callable[[dict, str, dict], tuple[str, str, float, str]]
+
+
+def reproduce(
+    suite: str,
+    out: str | os.PathLike,
+    *,
+    data_dir: str | None = None,
+    device: str | None = None,
+    jobs: int = 1,
+    only: str | None = None,
+    threads: int | None = None,
+    download: bool = False,
+    train_one: TrainOne | None = None,
+    report: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Train the missing runs of ``suite`` into ``out/runs`` and write the report into ``out``.
 
     ``only`` is a regular expression on run names (``re.search``); ``jobs`` > 1 trains runs in
     that many worker processes with ``threads`` (default: CPU count // jobs) torch threads each.
     ``data_dir``, ``device``, ``threads`` and ``download`` are passed to every TrainConfig (they
-    may change when a run is resumed).
-    ``train_one`` replaces the trainer (tests). Returns ``{"trained", "skipped", "failed",
-    "seconds", "report"}``.
+    may change when a run is resumed). ``train_one`` replaces the trainer (tests). Returns
+    ``{"trained", "skipped", "failed", "seconds", "report"}`` (and ``"claims"`` with a report).
     """
-    if suite not in SUITES:
-        raise ValueError(f"unknown suite {suite!r}; expected one of {sorted(SUITES)}")
+    specs = select_specs(suite, only)
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
-    specs = SUITES[suite]
-    if only is not None:
-        pattern = re.compile(only)
-        specs = [s for s in specs if pattern.search(s.name)]
-    out = Path(out)
-    runs_dir = out / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "suite.json", {"suite": suite, "only": only, "runs": [s.as_dict() for s in SUITES[suite]]})
     if threads is None and jobs > 1:
         threads = max(1, (os.cpu_count() or 1) // jobs)
-    run_opts = {"data_dir": data_dir, "device": device, "threads": threads, "download": download or None}
+    out = Path(out)
+    atomic_write_json(
+        out / "suite.json",
+        {"suite": suite, "only": only, "jobs": jobs, "threads": threads, "runs": [s.as_dict() for s in SUITES[suite]]},
+    )
     if train_one is None:
         validate_specs(specs)
         train_one = _train_one
+    todo, skipped = prepare_runs(specs, out / "runs", suite, log)
+    run_opts = {"data_dir": data_dir, "device": device, "threads": threads, "download": download or None}
+    t0 = time.perf_counter()
+    done = train_runs(todo, out / "runs", run_opts, jobs, train_one, log)
+    seconds = time.perf_counter() - t0
+    failed = {n: err.splitlines()[0] for n, (st, _, err) in done.items() if st != "complete"}
+    result: dict[str, Any] = {
+        "trained": sorted(n for n, (st, _, _) in done.items() if st == "complete"),
+        "skipped": sorted(s.name for s in skipped),
+        "failed": failed,
+        "seconds": seconds,
+        "report": None,
+    }
+    if report:
+        t1 = time.perf_counter()
+        res = report_suite(out, suite, failed=failed, study={"jobs": jobs, "threads": threads})
+        result.update(report=str(out / "report.md"), claims={c["id"]: c["verdict"] for c in res["claims"]})
+        log(f"report: {out / 'report.md'} ({time.perf_counter() - t1:.1f} s)")
+    log(f"training: {seconds:.1f} s for {len(todo)} runs ({len(failed)} failed)")
+    return result
 
-    todo = []
-    skipped = []
+
+def select_specs(suite: str, only: str | None = None) -> list[RunSpec]:
+    """The runs of ``suite`` whose name matches the regular expression ``only`` (all when ``None``)."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; expected one of {sorted(SUITES)}")
+    pattern = re.compile(only) if only is not None else None
+    return [s for s in SUITES[suite] if pattern is None or pattern.search(s.name)]
+
+
+def prepare_runs(
+    specs: Sequence[RunSpec], runs_dir: Path, suite: str, log: Callable[[str], None]
+) -> tuple[list[RunSpec], list[RunSpec]]:
+    """Write every run's ``spec.json``; return (runs to train, complete runs), warning about
+    complete runs whose stored settings differ from their spec."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    todo, skipped = [], []
     for s in specs:
         d = runs_dir / s.name
         d.mkdir(exist_ok=True)
@@ -442,37 +630,68 @@ def reproduce(suite: str, out: str | os.PathLike, *, data_dir: str | None = None
         if stale:
             log(f"warning: {s.name} was trained with other settings ({stale}); delete {d} to retrain it")
     log(f"suite {suite}: {len(specs)} runs, {len(skipped)} complete, {len(todo)} to train -> {runs_dir}")
-    t0 = time.perf_counter()
+    return todo, skipped
+
+
+def train_runs(
+    todo: Sequence[RunSpec], runs_dir: Path, run_opts: dict, jobs: int, train_one: TrainOne, log: Callable[[str], None]
+) -> dict[str, tuple[str, float, str]]:
+    """Train ``todo`` in order (``jobs`` at a time in spawned worker processes): {name: (status, seconds, message)}."""
     done: dict[str, tuple[str, float, str]] = {}
 
     def record(i: int, res: tuple[str, str, float, str]) -> None:
-        name, status, secs, err = res
-        done[name] = (status, secs, err)
-        log(f"[{i}/{len(todo)}] {name}: {status} in {secs:.1f} s" + (f"\n{err}" if status == "failed" else f", {err}"))
+        name, status, secs, msg = res
+        done[name] = (status, secs, msg)
+        log(f"[{i}/{len(todo)}] {name}: {status} in {secs:.1f} s" + (f"\n{msg}" if status == "failed" else f", {msg}"))
 
     if jobs == 1 or len(todo) <= 1:
         for i, s in enumerate(todo, 1):
             record(i, train_one(s.as_dict(), str(runs_dir / s.name), run_opts))
-    else:
-        import multiprocessing as mp
+        return done
+    import multiprocessing as mp
 
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(train_one, s.as_dict(), str(runs_dir / s.name), run_opts) for s in todo]
-            for i, f in enumerate(as_completed(futures), 1):
-                record(i, f.result())
-    seconds = time.perf_counter() - t0
-    failed = {n: err.splitlines()[0] for n, (st, _, err) in done.items() if st != "complete"}
-    result = {"trained": sorted(n for n, (st, _, _) in done.items() if st == "complete"),
-              "skipped": sorted(s.name for s in skipped), "failed": failed, "seconds": seconds, "report": None}
-    if report:
-        from convsim.reporting.report import write_report
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(train_one, s.as_dict(), str(runs_dir / s.name), run_opts) for s in todo]
+        for i, f in enumerate(as_completed(futures), 1):
+            record(i, f.result())
+    return done
 
-        t1 = time.perf_counter()
-        pending = [s.name for s in SUITES[suite] if run_status(runs_dir / s.name) != "complete"]
-        res = write_report(out, suite=suite, overlap=SUITE_OPTIONS[suite].get("overlap"), pending=pending,
-                           failed=failed, include=[s.name for s in SUITES[suite]])
-        result["report"] = str(out / "report.md")
-        result["claims"] = {c["id"]: c["verdict"] for c in res["claims"]}
-        log(f"report: {out / 'report.md'} ({time.perf_counter() - t1:.1f} s)")
-    log(f"training: {seconds:.1f} s for {len(todo)} runs ({len(failed)} failed)")
-    return result
+
+def report_suite(
+    out: str | os.PathLike,
+    suite: str,
+    *,
+    failed: Mapping[str, str] | None = None,
+    study: Mapping[str, Any] | None = None,
+    source: str | os.PathLike | None = None,
+) -> dict:
+    """Write the report of ``suite``'s runs under ``source/runs`` (default ``out``) into ``out``.
+
+    Used by ``convsim reproduce`` and ``convsim report``. ``study`` (how the suite was run: jobs,
+    threads) defaults to what ``source/suite.json`` records; a cached overlap analysis in
+    ``source/overlap`` is reused, so a committed study needs no checkpoints.
+    """
+    from convsim.reporting.report import write_report
+
+    out = Path(out)
+    source = Path(source) if source is not None else out
+    runs_dir = source / "runs"
+    if study is None:
+        stored = read_json(source / "suite.json") or {}
+        study = {k: stored[k] for k in ("jobs", "threads") if k in stored}
+    cache = source / "overlap" / "cache.json"
+    if source.resolve() != out.resolve() and cache.exists():
+        atomic_write_text(out / "overlap" / "cache.json", cache.read_text())
+    pending = [s.name for s in SUITES[suite] if run_status(runs_dir / s.name) != "complete"]
+    options = SUITE_OPTIONS[suite]
+    return write_report(
+        out,
+        suite=suite,
+        runs_dir=runs_dir,
+        design=options["claims"],
+        overlap=options.get("overlap"),
+        pending=pending,
+        failed=failed,
+        include=[s.name for s in SUITES[suite]],
+        study=study,
+    )

@@ -2,53 +2,55 @@ r"""Every hyperparameter of a training run (:class:`TrainConfig`) and its comman
 
 One dataclass field per hyperparameter, each with its one-line help; :func:`add_arguments`
 derives one ``--kebab-case`` flag per field from it, :func:`config_from_args` reads them back
-and :func:`to_argv` writes a config as flags (e.g. to relaunch it under ``torchrun``).
+and :func:`to_argv` writes a config as flags (e.g. to relaunch it under ``torchrun``). A stored
+config (``asdict``) comes back through :func:`config_from_dict`, which maps renamed fields
+(:data:`LEGACY_FIELDS`, via :func:`normalize_config_dict`) so that older runs load and resume.
 
 Example:
     >>> config = TrainConfig(model="cnn2", beta=0.01)
     >>> to_argv(config)
     ['--model', 'cnn2', '--beta', '0.01']
 """
+
 from __future__ import annotations
 
 import argparse
 import math
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Optional, Sequence
+from typing import Any
 
 from convsim import data as _data
 from convsim import models as _models
+from convsim.penalties import PENALTIES
+from convsim.similarity import CHANNELS, PAIRS
+from convsim.training.distributed import DEVICES
+from convsim.training.errors import ConfigError, ConfigTypeError
 
 MODELS = _models.MODELS
 DATASETS = tuple(_data.DATASETS)
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("none", "cosine", "step")
-CS_PAIRS = ("all", "adjacent")
-CS_CHANNELS = ("per_channel", "summed", "cross")
 CS_MODES = ("loss", "decoupled")
 INIT_OPTIMIZERS = ("adam", "train")
-PENALTY_CHOICES = ("none", "so", "dso", "mc", "srip", "ocnn", "decov")
+PENALTY_CHOICES = ("none", *PENALTIES)
 EARLY_STOPS = ("none", "cwnnk", "validation")
-DEVICES = ("auto", "cpu", "cuda")
 
-
-class ConfigError(ValueError):
-    """An invalid training configuration (bad value, or a resume that does not match the stored run)."""
-
-
-class ConfigTypeError(ConfigError, TypeError):
-    """A configuration value of the wrong type."""
+# Renamed fields, old name -> new name. Stored runs (summary.json, checkpoint.pt) keep the names
+# they were written with; normalize_config_dict maps them, so such runs still load and resume.
+LEGACY_FIELDS = {"penalty_weight": "penalty_beta"}
 
 
 # Fields that may differ between a run and its resumption. All but `epochs` leave the training
 # math alone; a larger `epochs` continues a complete run (with a cosine/step schedule the
 # remaining epochs follow the schedule of the new total).
-RESUMABLE_CHANGES = frozenset({"epochs", "resume", "out", "device", "threads", "eval_batch", "verbose",
-                               "data_dir", "download"})
+RESUMABLE_CHANGES = frozenset(
+    {"epochs", "resume", "out", "device", "threads", "eval_batch", "verbose", "data_dir", "download"}
+)
 
 
-def _opt(default, help: str, choices: Sequence[str] | None = None):
+def _opt(default: Any, help: str, choices: Sequence[str] | None = None) -> Any:
     """A config field with its one-line help (shown by ``convsim train --help``)."""
     return field(default=default, metadata={"help": help, "choices": choices})
 
@@ -69,15 +71,16 @@ class TrainConfig:
     model: str = _opt("cnn1", "architecture (convsim.models.build)", MODELS)
     width: float = _opt(1.0, "channel-width multiplier of the architecture")
     dataset: str = _opt("fashion-mnist", "dataset (convsim.data.load)", DATASETS)
-    data_dir: Optional[str] = _opt(None, "folder searched first for dataset files")
+    data_dir: str | None = _opt(None, "folder searched first for dataset files")
     download: bool = _opt(False, "download missing dataset files (checksum-verified)")
     train_subset: int = _opt(0, "stratified training subset size, 0 = the whole split")
     test_subset: int = _opt(0, "stratified test subset size, 0 = the whole split")
     # --- optimisation
     epochs: int = _opt(10, "epochs to train (with --resume: the total to reach)")
     batch_size: int = _opt(128, "global minibatch size (split across DDP ranks)")
-    drop_last: bool = _opt(False, "skip each epoch's last batch when it is short (a tiny batch "
-                           "skews BatchNorm's running statistics)")
+    drop_last: bool = _opt(
+        False, "skip each epoch's last batch when it is short (a tiny batch skews BatchNorm's running statistics)"
+    )
     optimizer: str = _opt("sgd", "training optimizer", OPTIMIZERS)
     lr: float = _opt(0.01, "learning rate")
     momentum: float = _opt(0.9, "SGD momentum (Adam uses its default betas)")
@@ -85,27 +88,41 @@ class TrainConfig:
     schedule: str = _opt("none", "lr schedule per epoch: none | cosine to 0 | step (x0.1 at 50%% and 75%%)", SCHEDULES)
     # --- Convolutional Similarity
     beta: float = _opt(0.0, "weight of the CS regulariser, 0 = off")
-    cs_pairs: str = _opt("all", "filter pairs of the CS loss (adjacent = the authors' released code)", CS_PAIRS)
-    cs_channels: str = _opt("per_channel", "channel treatment of the CS loss", CS_CHANNELS)
+    cs_pairs: str = _opt("all", "filter pairs of the CS loss (adjacent = the authors' released code)", PAIRS)
+    cs_channels: str = _opt("per_channel", "channel treatment of the CS loss", CHANNELS)
     cs_normalize: bool = _opt(False, "unit-norm each filter inside the CS loss (scale invariant)")
-    cs_mode: str = _opt("loss", "loss: add beta*CS to the loss; decoupled: a separate CS gradient step after "
-                        "each optimizer step, outside momentum (like AdamW's weight decay)", CS_MODES)
+    cs_mode: str = _opt(
+        "loss",
+        "loss: add beta*CS to the loss; decoupled: a separate CS gradient step after "
+        "each optimizer step, outside momentum (like AdamW's weight decay)",
+        CS_MODES,
+    )
     init_iters: int = _opt(0, "CS-initialisation steps before training, 0 = off")
     init_lr: float = _opt(2e-3, "learning rate of the CS-initialisation steps")
-    init_optimizer: str = _opt("adam", "init steps: a fresh Adam thrown away after (paper), or the "
-                               "training optimizer itself so its momentum carries on", INIT_OPTIMIZERS)
+    init_optimizer: str = _opt(
+        "adam",
+        "init steps: a fresh Adam thrown away after (paper), or the "
+        "training optimizer itself so its momentum carries on",
+        INIT_OPTIMIZERS,
+    )
     # --- baseline penalty
     penalty: str = _opt("none", "kernel-orthogonality / decorrelation baseline", PENALTY_CHOICES)
-    penalty_weight: float = _opt(1e-3, "weight of the baseline penalty")
+    penalty_beta: float = _opt(
+        1e-3, "weight of the baseline penalty: loss + penalty_beta * P(model) (convsim.penalties.Penalty(beta=...))"
+    )
     # --- early stopping
-    early_stop: str = _opt("none", "cwnnk: per-channel NNK LOO error on training data; "
-                           "validation: held-out split", EARLY_STOPS)
+    early_stop: str = _opt(
+        "none", "cwnnk: per-channel NNK LOO error on training data; validation: held-out split", EARLY_STOPS
+    )
     patience: int = _opt(10, "epochs without improvement before a channel freezes / training stops")
     es_k: int = _opt(25, "neighbours of the channel-wise NNK LOO error")
     es_samples: int = _opt(1000, "training images on which the channel-wise LOO error is computed")
     val_fraction: float = _opt(0.2, "share of the training set held out for --early-stop validation")
-    es_restore: bool = _opt(True, "on early stop, restore the weights of the best epoch "
-                            "(validation: lowest error; cwnnk: last improvement of any channel)")
+    es_restore: bool = _opt(
+        True,
+        "on early stop, restore the weights of the best epoch "
+        "(validation: lowest error; cwnnk: last improvement of any channel)",
+    )
     # --- run and speed
     seed: int = _opt(0, "seed of the model init, the shuffling and every subset")
     device: str = _opt("auto", "auto = cuda when available", DEVICES)
@@ -118,7 +135,7 @@ class TrainConfig:
     fm_batch: int = _opt(256, "first test images used to measure CS and feature-map similarity")
     verbose: bool = _opt(True, "print one line per epoch")
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
@@ -152,7 +169,7 @@ class TrainConfig:
             ("beta", self.beta >= 0 and math.isfinite(self.beta), ">= 0"),
             ("init_iters", self.init_iters >= 0, ">= 0"),
             ("init_lr", self.init_lr > 0, "> 0"),
-            ("penalty_weight", self.penalty_weight >= 0, ">= 0"),
+            ("penalty_beta", self.penalty_beta >= 0, ">= 0"),
             ("patience", self.patience >= 1, ">= 1"),
             ("es_k", self.es_k >= 1, ">= 1"),
             ("es_samples", self.es_samples >= 2, ">= 2"),
@@ -170,14 +187,33 @@ class TrainConfig:
 CONFIG_FIELDS = tuple(f.name for f in fields(TrainConfig))
 
 
-def config_from_dict(values: dict) -> TrainConfig:
-    """A :class:`TrainConfig` from a stored ``asdict(config)``, ignoring keys it does not know.
+def normalize_config_dict(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored ``asdict(config)`` with today's field names: the keys of :data:`LEGACY_FIELDS` renamed.
+
+    Every other key is kept as it is (known or not). Where a dict holds both a legacy name and its
+    new name, the new one wins. Use it wherever a stored config is read by key (``summary.json``,
+    ``checkpoint.pt``, ``spec.json``).
 
     Example:
-        >>> config_from_dict({"beta": 0.01, "no_longer_a_field": 1}).beta
-        0.01
+        >>> normalize_config_dict({"penalty": "so", "penalty_weight": 0.1})
+        {'penalty': 'so', 'penalty_beta': 0.1}
     """
-    return TrainConfig(**{k: v for k, v in values.items() if k in CONFIG_FIELDS})
+    out = {k: v for k, v in values.items() if k not in LEGACY_FIELDS}
+    for old, new in LEGACY_FIELDS.items():
+        if old in values and new not in values:
+            out[new] = values[old]
+    return out
+
+
+def config_from_dict(values: Mapping[str, Any]) -> TrainConfig:
+    """A :class:`TrainConfig` from a stored ``asdict(config)``: legacy names mapped, unknown keys ignored.
+
+    Example:
+        >>> config = config_from_dict({"beta": 0.01, "penalty_weight": 0.1, "no_longer_a_field": 1})
+        >>> config.beta, config.penalty_beta
+        (0.01, 0.1)
+    """
+    return TrainConfig(**{k: v for k, v in normalize_config_dict(values).items() if k in CONFIG_FIELDS})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,24 +229,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One ``--kebab-case`` flag per :class:`TrainConfig` field (booleans also get ``--no-...``).
 
     Flags not given are left out of the namespace (``argparse.SUPPRESS``), so
-    :func:`config_from_args` can tell them apart from defaults (needed by ``--resume``).
+    :func:`config_from_args` can tell them apart from defaults (needed by ``--resume``). The old
+    names of :data:`LEGACY_FIELDS` (e.g. ``--penalty-weight``) are accepted but not listed in ``--help``.
     """
     hints = typing.get_type_hints(TrainConfig)
+    legacy = {new: old for old, new in LEGACY_FIELDS.items()}
     for f in fields(TrainConfig):
         kind = hints[f.name]
         default = f.default if f.default is not MISSING else None
         help_text = f"{f.metadata['help']} (default: {default})"
-        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
         if kind is bool:
-            parser.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
+            parser.add_argument(
+                _flag(f.name),
+                action=argparse.BooleanOptionalAction,
+                dest=f.name,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
             continue
         base = str if f.name == "data_dir" else kind
         choices = f.metadata.get("choices")
         metavar = None if choices else f.name.upper()
-        parser.add_argument(_flag(f.name), type=base, choices=choices, metavar=metavar, **kwargs)
+        parser.add_argument(
+            _flag(f.name),
+            type=base,
+            choices=choices,
+            metavar=metavar,
+            dest=f.name,
+            default=argparse.SUPPRESS,
+            help=help_text,
+        )
+        if f.name in legacy:
+            parser.add_argument(
+                _flag(legacy[f.name]),
+                type=base,
+                choices=choices,
+                metavar=metavar,
+                dest=f.name,
+                default=argparse.SUPPRESS,
+                help=argparse.SUPPRESS,
+            )
 
 
-def config_from_args(args: argparse.Namespace, base: Optional[TrainConfig] = None) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
     """A :class:`TrainConfig` from parsed flags: ``base`` (default: the defaults) with the given flags applied.
 
     Raises ``ValueError``/``TypeError`` for values the config does not allow.

@@ -11,6 +11,7 @@ the training set (same seed), cuts the same global batches, and keeps the rank-s
 equal shards one step on N processes is the same step as on one process (up to float summation
 order).
 """
+
 from __future__ import annotations
 
 import os
@@ -21,7 +22,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from convsim.training.config import DEVICES, ConfigError
+from convsim.training.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda")  # TrainConfig.device: auto = cuda when available
 
 
 @dataclass(frozen=True)
@@ -110,8 +113,9 @@ def physical_cores() -> int:
     for cpu in cpus:
         topo = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
         try:
-            cores.add((topo.joinpath("physical_package_id").read_text().strip(),
-                       topo.joinpath("core_id").read_text().strip()))
+            cores.add(
+                (topo.joinpath("physical_package_id").read_text().strip(), topo.joinpath("core_id").read_text().strip())
+            )
         except OSError:
             return max(1, len(cpus))
     return max(1, len(cores))

@@ -11,23 +11,27 @@ Example:
     >>> [es.step(e, i + 1) for i, e in enumerate([0.5, 0.6])]
     [(True, False), (False, True)]
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
+from convsim._internal.hooks import capture
+from convsim._internal.layers import CONV_TYPES, ConvLayer, unwrap
+from convsim._internal.modes import eval_mode
 from convsim.training import distributed
 from convsim.training.config import TrainConfig
 from convsim.training.distributed import DistEnv
 from convsim.training.evaluation import evaluate
-from convsim._internal.hooks import capture
-from convsim._internal.layers import CONV_TYPES, unwrap
 
 
-def last_conv_layer(model: nn.Module) -> tuple[str, nn.Module]:
+def last_conv_layer(model: nn.Module) -> tuple[str, ConvLayer]:
     """The last Conv1d/2d/3d of ``model`` in module-registration order (its name and module)."""
     convs = [(n, m) for n, m in unwrap(model).named_modules() if isinstance(m, CONV_TYPES)]
     if not convs:
@@ -54,11 +58,11 @@ class ChannelFreezer:
         True
     """
 
-    def __init__(self, conv: nn.Module):
+    def __init__(self, conv: ConvLayer) -> None:
         self.conv = conv
         self.mask = torch.zeros(conv.out_channels, dtype=torch.bool, device=conv.weight.device)
-        self._weight: Optional[torch.Tensor] = None
-        self._bias: Optional[torch.Tensor] = None
+        self._weight: torch.Tensor | None = None
+        self._bias: torch.Tensor | None = None
 
     def freeze(self, mask: torch.Tensor) -> None:
         """Freeze the channels where ``mask`` is True (in addition to those already frozen) at their current values."""
@@ -69,6 +73,7 @@ class ChannelFreezer:
             self._bias = None if self.conv.bias is None else self.conv.bias.detach().clone()
 
     def zero_frozen_grads(self) -> None:
+        """Zero the gradient of the frozen channels' weights and biases (call after ``backward()``)."""
         if self._weight is None:
             return
         for p in (self.conv.weight, self.conv.bias):
@@ -77,28 +82,55 @@ class ChannelFreezer:
 
     @torch.no_grad()
     def restore_frozen(self) -> None:
+        """Write back the frozen channels' exact values (call after ``optimizer.step()``)."""
         if self._weight is None:
             return
         self.conv.weight[self.mask] = self._weight[self.mask]
-        if self._bias is not None:
+        if self._bias is not None and self.conv.bias is not None:
             self.conv.bias[self.mask] = self._bias[self.mask]
 
 
-class EarlyStopping:
+class EarlyStopping(ABC):
     """The interface of an early-stopping rule, as the training loop and the summary use it.
 
     ``mode`` names the rule (``config.early_stop``); ``best_epoch`` and ``best_state`` (CPU copy
     of the weights, or None) are what :meth:`restore` goes back to; ``stop_epoch`` is the epoch
     that stopped training (0 while running); ``freezer`` is a :class:`ChannelFreezer` applied at
-    every optimizer step, or None. Subclasses add ``update(model, d, config, env, epoch, record)
-    -> stop``, ``state_dict``, ``load_state_dict`` and ``summary``.
+    every optimizer step, or None.
     """
 
-    mode = ""
-    freezer: Optional[ChannelFreezer] = None
-    best_epoch = 0
-    best_state: Optional[dict] = None
-    stop_epoch = 0
+    mode: str = ""
+    freezer: ChannelFreezer | None = None
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    stop_epoch: int = 0
+
+    @abstractmethod
+    def update(
+        self,
+        model: nn.Module,
+        d: dict[str, torch.Tensor],
+        config: TrainConfig,
+        env: DistEnv,
+        epoch: int,
+        record: dict[str, Any],
+    ) -> bool:
+        """Score ``model`` after ``epoch`` on ``d`` (:func:`~convsim.training.data.load_data`), log into ``record``.
+
+        Returns True when training should stop.
+        """
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """The rule's state for the checkpoint (tensors, numbers, the best weights)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from a :meth:`state_dict` (on resume)."""
+
+    @abstractmethod
+    def summary(self) -> dict[str, Any]:
+        """The rule's own fields of ``summary.json``'s ``early_stop``."""
 
     def restore(self, model: nn.Module) -> None:
         """Load ``best_state`` into ``model`` (nothing to do when no epoch improved)."""
@@ -120,8 +152,9 @@ class ChannelEarlyStopping(EarlyStopping):
     """
 
     mode = "cwnnk"
+    freezer: ChannelFreezer
 
-    def __init__(self, model: nn.Module, patience: int, k: int):
+    def __init__(self, model: nn.Module, patience: int, k: int) -> None:
         self.layer, conv = last_conv_layer(model)
         self.channels = conv.out_channels
         self.patience = patience
@@ -142,18 +175,22 @@ class ChannelEarlyStopping(EarlyStopping):
         """Per-channel LOO error (C,) of the last conv layer's output on ``(x, y)``."""
         from convsim import nnk
 
-        was_training = model.training
-        model.eval()
         parts = []
-        with torch.no_grad(), capture(model, [self.layer]) as acts:
+        with eval_mode(model), torch.no_grad(), capture(model, [self.layer]) as acts:
             for chunk in torch.split(torch.arange(len(y), device=y.device), batch):
                 model(x[chunk])
                 parts.append(acts[self.layer].float().cpu())
-        model.train(was_training)
         return nnk.channel_loo_error(torch.cat(parts), y.cpu(), k=self.k).to(torch.float64).cpu()
 
-    def update(self, model: nn.Module, d: dict, config: TrainConfig, env: DistEnv, epoch: int,
-               record: dict) -> bool:
+    def update(
+        self,
+        model: nn.Module,
+        d: dict[str, torch.Tensor],
+        config: TrainConfig,
+        env: DistEnv,
+        epoch: int,
+        record: dict[str, Any],
+    ) -> bool:
         """Score the channels after ``epoch``, update patience, freeze, log into ``record``; True = stop."""
         errors = torch.zeros(self.channels, dtype=torch.float64)
         if env.is_main:  # rank 0 scores, every rank applies the same decision
@@ -174,23 +211,39 @@ class ChannelEarlyStopping(EarlyStopping):
         stop = bool(self.frozen.all())
         if stop:
             self.stop_epoch = epoch
-        record.update(es_errors=[float(e) for e in errors], es_patience=self.left.tolist(),
-                      es_frozen=self.frozen.tolist(), es_frozen_count=int(self.frozen.sum()))
+        record.update(
+            es_errors=[float(e) for e in errors],
+            es_patience=self.left.tolist(),
+            es_frozen=self.frozen.tolist(),
+            es_frozen_count=int(self.frozen.sum()),
+        )
         return stop
 
-    def state_dict(self) -> dict:
-        return {"mode": self.mode, "best": self.best, "left": self.left, "frozen_epoch": self.frozen_epoch,
-                "best_epoch": self.best_epoch, "best_state": self.best_state, "stop_epoch": self.stop_epoch}
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "best": self.best,
+            "left": self.left,
+            "frozen_epoch": self.frozen_epoch,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state,
+            "stop_epoch": self.stop_epoch,
+        }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best, self.left = state["best"].clone(), state["left"].clone()
         self.frozen_epoch = state["frozen_epoch"].clone()
-        self.best_epoch, self.best_state, self.stop_epoch = state["best_epoch"], state["best_state"], state["stop_epoch"]
+        self.best_epoch, self.best_state = state["best_epoch"], state["best_state"]
+        self.stop_epoch = state["stop_epoch"]
         self.freezer.freeze(self.frozen)  # the loaded weights are the frozen values
 
-    def summary(self) -> dict:
-        return {"layer": self.layer, "channels": self.channels, "frozen_epoch": self.frozen_epoch.tolist(),
-                "best_error": [float(b) for b in self.best]}
+    def summary(self) -> dict[str, Any]:
+        return {
+            "layer": self.layer,
+            "channels": self.channels,
+            "frozen_epoch": self.frozen_epoch.tolist(),
+            "best_error": [float(b) for b in self.best],
+        }
 
 
 class ValidationEarlyStopping(EarlyStopping):
@@ -203,7 +256,7 @@ class ValidationEarlyStopping(EarlyStopping):
 
     mode = "validation"
 
-    def __init__(self, patience: int):
+    def __init__(self, patience: int) -> None:
         self.patience = patience
         self.best = math.inf
         self.best_epoch = 0
@@ -229,8 +282,15 @@ class ValidationEarlyStopping(EarlyStopping):
             self.stop_epoch = epoch
         return improved, stop
 
-    def update(self, model: nn.Module, d: dict, config: TrainConfig, env: DistEnv, epoch: int,
-               record: dict) -> bool:
+    def update(
+        self,
+        model: nn.Module,
+        d: dict[str, torch.Tensor],
+        config: TrainConfig,
+        env: DistEnv,
+        epoch: int,
+        record: dict[str, Any],
+    ) -> bool:
         """Evaluate on ``d["val_x"], d["val_y"]``, count patience, log into ``record``; True = stop."""
         val = evaluate(model, d["val_x"], d["val_y"], config, env, prefix="val")
         val["val_error"] = 1.0 - val["val_acc"]
@@ -240,19 +300,25 @@ class ValidationEarlyStopping(EarlyStopping):
         record.update(val, es_patience=self.patience - self.bad)
         return stop
 
-    def state_dict(self) -> dict:
-        return {"mode": self.mode, "best": self.best, "best_epoch": self.best_epoch, "bad": self.bad,
-                "best_state": self.best_state, "stop_epoch": self.stop_epoch}
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "bad": self.bad,
+            "best_state": self.best_state,
+            "stop_epoch": self.stop_epoch,
+        }
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.best, self.best_epoch, self.bad = state["best"], state["best_epoch"], state["bad"]
         self.best_state, self.stop_epoch = state["best_state"], state["stop_epoch"]
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         return {"best_val_error": self.best}
 
 
-def make_early_stopping(config: TrainConfig, model: nn.Module) -> Optional[EarlyStopping]:
+def make_early_stopping(config: TrainConfig, model: nn.Module) -> EarlyStopping | None:
     """The early-stopping rule of ``config.early_stop`` for ``model``, or None for ``"none"``.
 
     Example:
@@ -266,6 +332,6 @@ def make_early_stopping(config: TrainConfig, model: nn.Module) -> Optional[Early
     return None
 
 
-def _state_copy(model: nn.Module) -> dict:
+def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
     """A CPU copy of the weights, detached from later training (what ``best_state`` holds)."""
     return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}

@@ -1,17 +1,21 @@
-r"""What the trainer measures on a model: accuracy and loss (:func:`evaluate`) and redundancy (:func:`measure`).
+r"""What the trainer measures on a model: accuracy and loss (:func:`evaluate`), redundancy (:func:`measure_redundancy`).
 
-Both leave the model's train/eval mode as they found it and track no gradients.
-:func:`evaluate` is the pass behind the test metrics and validation early stopping;
-:func:`measure` gives the CS and feature-map similarity logged every epoch.
+Both run the model in eval mode (:func:`convsim._internal.modes.eval_mode`: its train/eval
+modes are restored afterwards) and track no gradients. :func:`evaluate` is the pass behind the
+test metrics and validation early stopping; :func:`measure_redundancy` gives the CS and
+feature-map similarity logged every epoch (built on the library's :mod:`convsim.measure`).
 """
+
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convsim._internal.modes import eval_mode
 from convsim.training import distributed
 from convsim.training.config import TrainConfig
 from convsim.training.distributed import DistEnv
@@ -25,15 +29,16 @@ def autocast_context(config: TrainConfig, device: torch.device) -> contextlib.Ab
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, env: DistEnv,
-             prefix: str = "test") -> dict:
+def evaluate(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig, env: DistEnv, prefix: str = "test"
+) -> dict[str, float]:
     r"""Mean cross-entropy and accuracy of ``model`` (eval mode) on ``(x, y)``: ``{prefix_loss, prefix_acc}``.
 
     ``x`` is (N, C, H, W), ``y`` (N,) class indices; the loss is
     :math:`\tfrac1N\sum_i \mathrm{CE}(f(x_i), y_i)`, the accuracy the share of
     :math:`\arg\max f(x_i) = y_i`, both over chunks of ``config.eval_batch`` images. Under DDP
     each rank evaluates ``x[rank::world]`` of the *unwrapped* model (no collective per forward)
-    and the sums are reduced over ranks. The model's train/eval mode is restored.
+    and the sums are reduced over ranks. The model's train/eval modes are restored.
 
     Example:
         >>> from convsim.models import build
@@ -42,23 +47,20 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainCo
         >>> sorted(res), 0.0 <= res["test_acc"] <= 1.0
         (['test_acc', 'test_loss'], True)
     """
-    was_training = model.training
-    model.eval()
     idx = distributed.shard(torch.arange(len(y), device=y.device), env)
     sums = torch.zeros(3, dtype=torch.float64, device=y.device)
-    with autocast_context(config, y.device):
+    with eval_mode(model), autocast_context(config, y.device):
         for chunk in torch.split(idx, config.eval_batch):
             logits = model(x[chunk]).float()
             sums[0] += F.cross_entropy(logits, y[chunk], reduction="sum").double()
             sums[1] += (logits.argmax(1) == y[chunk]).sum()
             sums[2] += len(chunk)
-    model.train(was_training)
     loss, correct, count = distributed.all_reduce_sum(sums, env).tolist()
     return {f"{prefix}_loss": loss / count, f"{prefix}_acc": correct / count}
 
 
 @torch.no_grad()
-def measure(model: nn.Module, x: torch.Tensor) -> dict:
+def measure_redundancy(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
     """Redundancy measurements of ``model`` (eval mode, fp32) on the fixed batch ``x``.
 
     * ``cs``: all-pairs per-channel CS (unnormalised, unweighted) summed over every conv layer;
@@ -76,27 +78,31 @@ def measure(model: nn.Module, x: torch.Tensor) -> dict:
 
     Example:
         >>> from convsim.models import build
-        >>> sorted(measure(build("cnn1", input_size=20), torch.randn(4, 1, 20, 20)))
-        ['cs', 'cs_normalized', 'fm_effective_rank', 'fm_similarity', 'fm_similarity_centered', 'kernel_cosine', 'kernel_norm']
+        >>> result = measure_redundancy(build("cnn1", input_size=20), torch.randn(4, 1, 20, 20))
+        >>> sorted(result)  # doctest: +NORMALIZE_WHITESPACE
+        ['cs', 'cs_normalized', 'fm_effective_rank', 'fm_similarity', 'fm_similarity_centered',
+         'kernel_cosine', 'kernel_norm']
     """
     from convsim.measure import FeatureMapSimilarity, summarize
     from convsim.similarity import ConvSimilarity
 
-    was_training = model.training
-    model.eval()
-    cs = ConvSimilarity(model, beta=1.0, pairs="all", channels="per_channel")
-    result: dict = {"cs": float(cs()), "cs_normalized": float(ConvSimilarity(model, normalize=True)())}
-    modules = dict(model.named_modules())
-    result["kernel_norm"] = {name: float(modules[name].weight.detach().flatten(1).norm(dim=1).mean())
-                             for name in cs.layers}
-    for centered in (False, True):
-        metric = FeatureMapSimilarity(model, centered=centered, sync_on_compute=False)  # rank 0 alone measures
-        metric.update(x)
-        s = summarize(metric.compute())
-        if centered:
-            result["fm_similarity_centered"] = float(s["fm_abs_cos"])
-        else:
-            result.update(kernel_cosine=float(s["kernel_abs_cos"]), fm_similarity=float(s["fm_abs_cos"]),
-                          fm_effective_rank=float(s["fm_effective_rank"]))
-    model.train(was_training)
+    with eval_mode(model):
+        cs = ConvSimilarity(model, beta=1.0, pairs="all", channels="per_channel")
+        result: dict[str, Any] = {"cs": float(cs()), "cs_normalized": float(ConvSimilarity(model, normalize=True)())}
+        modules = dict(model.named_modules())
+        result["kernel_norm"] = {
+            name: float(modules[name].weight.detach().flatten(1).norm(dim=1).mean()) for name in cs.layers
+        }
+        for centered in (False, True):
+            metric = FeatureMapSimilarity(model, centered=centered, sync_on_compute=False)  # rank 0 alone measures
+            metric.update(x)
+            s = summarize(metric.compute())
+            if centered:
+                result["fm_similarity_centered"] = float(s["fm_abs_cos"])
+            else:
+                result.update(
+                    kernel_cosine=float(s["kernel_abs_cos"]),
+                    fm_similarity=float(s["fm_abs_cos"]),
+                    fm_effective_rank=float(s["fm_effective_rank"]),
+                )
     return result

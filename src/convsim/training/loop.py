@@ -1,22 +1,27 @@
 r"""Train one CNN with the CS regulariser, the CS initialisation or a baseline penalty: ``convsim train``.
 
-Reading order: :class:`TrainConfig` (every hyperparameter, one place; :mod:`convsim.training.config`) →
-:func:`train` (the loop, top to bottom) → its set-up (data, model, optimizer, lr schedule, CS
-initialisation) → one epoch and one step → :func:`run` (``convsim train``). The loop's other
-pieces live beside it: :mod:`convsim.training.evaluation` (accuracy, redundancy measurements),
-:mod:`convsim.training.early_stopping`, :mod:`convsim.training.checkpoint` (save, resume), :mod:`convsim.training.summary`
-(``summary.json``) and :mod:`convsim.training.distributed` (device, threads, DDP). Every public name of
-those modules that the trainer uses is importable from here too.
+Reading order: :func:`train` (device, threads, process group) → :func:`_train` (the run, top to
+bottom) → its set-up (:func:`make_regularisers`, a fresh start or a resumption) → one epoch
+(:func:`_run_epoch`: :func:`train_epoch` and :func:`train_step`, evaluation, early stopping,
+checkpoint) → :func:`load_run`. Every hyperparameter is a field of
+:class:`~convsim.training.config.TrainConfig`; the loop's other pieces live beside it, each
+imported from its own module: :mod:`convsim.training.data` (the tensors),
+:mod:`convsim.training.optim` (optimizer, lr schedule, CS initialisation),
+:mod:`convsim.training.evaluation` (accuracy, redundancy measurements),
+:mod:`convsim.training.early_stopping`, :mod:`convsim.training.checkpoint` (save, resume),
+:mod:`convsim.training.summary` (``summary.json``) and :mod:`convsim.training.distributed`
+(device, threads, DDP).
 
 The objective of one step on a batch :math:`(x, y)` is
 
 .. math::
-    \mathcal L = \mathrm{CE}(f(x), y) + \beta\,L_{CS}(\text{model}) + \lambda\,P(\text{model})
+    \mathcal L = \mathrm{CE}(f(x), y) + \beta\,L_{CS}(\text{model}) + \beta_P\,P(\text{model})
 
 with :math:`L_{CS}` the Convolutional Similarity (:class:`convsim.similarity.ConvSimilarity`,
-only when :math:`\beta > 0`) and :math:`P` a baseline penalty (:class:`convsim.penalties.Penalty`,
-only when one is chosen). Optionally the conv weights are first moved by ``init_iters`` steps
-minimising :math:`L_{CS}` alone (the CS initialisation, spec §9.2).
+only when :math:`\beta > 0`; ``cs_mode="decoupled"`` takes its gradient step apart, after the
+optimizer's) and :math:`P` a baseline penalty (:class:`convsim.penalties.Penalty`, only when one is
+chosen; :math:`\beta_P` is ``penalty_beta``). Optionally the conv weights are first moved by
+``init_iters`` steps minimising :math:`L_{CS}` alone (the CS initialisation, spec §9.2).
 
 Files written to ``config.out`` (by rank 0 only):
 
@@ -42,23 +47,25 @@ epoch gives bit-identical metrics (except ``seconds``) to two epochs straight on
 checkpoint does not. Ctrl-C loses at most the running epoch.
 
 Example:
-    >>> from convsim.training.loop import TrainConfig, train
+    >>> from convsim.training import TrainConfig, train
     >>> summary = train(TrainConfig(dataset="synthetic", epochs=1, train_subset=200,
     ...                             test_subset=100, out="/tmp/convsim-doc-run", verbose=False))  # doctest: +SKIP
     >>> summary["status"]  # doctest: +SKIP
     'complete'
 """
+
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
 import random
 import sys
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,44 +73,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from convsim import data as _data
-from convsim.training import distributed
 from convsim import models as _models
-from convsim.training.checkpoint import (STATUSES, is_finished, load_checkpoint, reset_run_files, restore_state, rewrite_metrics,
-                         save_checkpoint, stored_config)
-from convsim.training.config import (CONFIG_FIELDS, CS_CHANNELS, CS_PAIRS, DATASETS, DEVICES, EARLY_STOPS, INIT_OPTIMIZERS, MODELS,
-                     OPTIMIZERS, PENALTY_CHOICES, RESUMABLE_CHANGES, SCHEDULES, ConfigError, ConfigTypeError,
-                     TrainConfig, add_arguments, config_from_args, config_from_dict, to_argv)
-from convsim.training.distributed import DistEnv, default_threads, physical_cores, resolve_device
-from convsim.training.early_stopping import (ChannelEarlyStopping, ChannelFreezer, EarlyStopping, ValidationEarlyStopping,
-                             last_conv_layer, make_early_stopping)
-from convsim.training.evaluation import autocast_context, evaluate, measure
 from convsim._internal.files import append_jsonl, atomic_write_json
-from convsim.training.optim import cs_initialization, cs_options, lr_factor, make_optimizer, set_learning_rate
-from convsim.training.summary import FINAL_KEYS, make_summary, state_digest, tensor_digest
-from convsim.training.data import load_data, stratified_split
-
-# The trainer's public API, re-exported from the modules it is split into (``convsim.training.loop.X`` keeps working).
-__all__ = [
-    # convsim.training.config
-    "MODELS", "DATASETS", "OPTIMIZERS", "SCHEDULES", "CS_PAIRS", "CS_CHANNELS", "INIT_OPTIMIZERS", "PENALTY_CHOICES",
-    "EARLY_STOPS", "DEVICES", "RESUMABLE_CHANGES", "CONFIG_FIELDS", "ConfigError", "ConfigTypeError", "TrainConfig",
-    "add_arguments", "config_from_args", "config_from_dict", "to_argv",
-    # this module
-    "train", "seed_everything", "build_model", "train_step", "train_epoch", "load_run", "run",
-    # the loop's pieces
-    "load_data", "stratified_split", "make_optimizer", "lr_factor", "set_learning_rate", "cs_initialization",
-    "evaluate", "measure", "last_conv_layer", "ChannelFreezer", "EarlyStopping", "ChannelEarlyStopping",
-    "ValidationEarlyStopping", "make_early_stopping", "STATUSES", "save_checkpoint", "restore_state",
-    "FINAL_KEYS", "make_summary", "resolve_device", "physical_cores",
-]
-
+from convsim.penalties import Penalty
+from convsim.similarity import ConvSimilarity
+from convsim.training import distributed
+from convsim.training.checkpoint import (
+    FINAL_STATUSES,
+    is_finished,
+    load_checkpoint,
+    reset_run_files,
+    restore_state,
+    rewrite_metrics,
+    save_checkpoint,
+)
+from convsim.training.config import TrainConfig, config_from_dict
+from convsim.training.data import load_data
+from convsim.training.distributed import DistEnv, default_threads, resolve_device
+from convsim.training.early_stopping import ChannelFreezer, EarlyStopping, make_early_stopping
+from convsim.training.errors import ConfigError
+from convsim.training.evaluation import autocast_context, evaluate, measure_redundancy
+from convsim.training.optim import cs_initialization, cs_options, make_optimizer, set_learning_rate
+from convsim.training.summary import make_summary, state_digest, tensor_digest
 
 # ----------------------------------------------------------------------------------------------
 # The training loop
 # ----------------------------------------------------------------------------------------------
 
 
-def train(config: TrainConfig) -> dict:
+def train(config: TrainConfig) -> dict[str, Any]:
     """Train one model as ``config`` says and return its summary (also in ``config.out/summary.json``).
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) each process calls this; the model is wrapped in
@@ -114,9 +112,9 @@ def train(config: TrainConfig) -> dict:
 
     Raises:
         ConfigError: (a ``ValueError``) ``out`` already holds a run and ``resume`` is off; a
-            resumed run's stored config differs in a field other than :data:`RESUMABLE_CHANGES`;
-            the model cannot take the dataset's images; under DDP, ``batch_size`` is not a
-            multiple of the number of processes.
+            resumed run's stored config differs in a field other than
+            :data:`~convsim.training.config.RESUMABLE_CHANGES`; the model cannot take the
+            dataset's images; under DDP, ``batch_size`` is not a multiple of the number of processes.
         KeyboardInterrupt: re-raised after marking the summary ``"interrupted"``; the last
             checkpoint stays valid.
     """
@@ -139,136 +137,189 @@ def train(config: TrainConfig) -> dict:
         distributed.teardown(env, drain=finished)
 
 
-def _train(config: TrainConfig, device: torch.device, env: DistEnv) -> dict:
+def _train(config: TrainConfig, device: torch.device, env: DistEnv) -> dict[str, Any]:
+    """One run in this process: set up (or resume), train epoch by epoch until a final status, summarise."""
     t_start = time.perf_counter()
     out = Path(config.out)
     if config.batch_size % env.world_size:
-        raise ConfigError(f"batch_size ({config.batch_size}) is the global batch and must be a multiple of the "
-                          f"number of processes ({env.world_size}) so that every rank gets an equal share")
+        raise ConfigError(
+            f"batch_size ({config.batch_size}) is the global batch and must be a multiple of the "
+            f"number of processes ({env.world_size}) so that every rank gets an equal share"
+        )
     ckpt = load_checkpoint(out, config)
     distributed.barrier(env)  # every rank has looked for a checkpoint before rank 0 writes one
     if ckpt is not None and is_finished(ckpt, config):
         return _existing_summary(out, ckpt, config, env, device)
+    run = _set_up(config, device, env, ckpt, t_start)
+    _write_summary(run, "running")
+    status = "running"
+    try:
+        for epoch in range(run.start_epoch + 1, config.epochs + 1):
+            status = _run_epoch(run, epoch)
+            if status in FINAL_STATUSES:  # the last epoch, or early stopping
+                break
+    except KeyboardInterrupt:
+        _write_summary(run, "interrupted")
+        raise
+    except Exception as e:
+        _write_summary(run, "failed", {"error": f"{type(e).__name__}: {e}"})
+        raise
+    finally:
+        run.regularisers.remove()
+    ddp = None
+    if env.enabled:  # every rank takes part in the weight comparison
+        ddp = {
+            "ddp": {
+                "world_size": env.world_size,
+                "backend": env.backend,
+                "max_weight_difference": distributed.max_weight_difference(run.model, env),
+            }
+        }
+    return _write_summary(run, status, ddp)
 
+
+# ----------------------------------------------------------------------------------------------
+# Set-up: seeds, model, regularisers, then a fresh start or a resumption
+# (data, optimizer, CS initialisation: convsim.training.data, convsim.training.optim)
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Regularisers:
+    """The terms a run adds to cross-entropy.
+
+    ``in_loss`` are added to every step's loss, each already weighted (the CS loss with
+    ``cs_mode="loss"``, a baseline penalty). ``decoupled`` is the CS of ``cs_mode="decoupled"``:
+    its own gradient step (:meth:`~convsim.similarity.ConvSimilarity.step`) follows each
+    optimizer step, outside the optimizer's momentum.
+    """
+
+    in_loss: list[ConvSimilarity | Penalty] = field(default_factory=list)
+    decoupled: ConvSimilarity | None = None
+
+    def remove(self) -> None:
+        """Remove the forward hooks some penalties keep on the model (``"decov"``)."""
+        for reg in self.in_loss:
+            if isinstance(reg, Penalty):
+                reg.remove()
+
+
+def make_regularisers(config: TrainConfig, model: nn.Module) -> Regularisers:
+    """The CS regulariser of ``config`` (``beta > 0``; in the loss or decoupled, per ``cs_mode``) and its penalty.
+
+    Example:
+        >>> regs = make_regularisers(TrainConfig(beta=0.1, cs_mode="decoupled"), _models.build("cnn1"))
+        >>> regs.in_loss, type(regs.decoupled).__name__
+        ([], 'ConvSimilarity')
+    """
+    regs = Regularisers()
+    if config.beta > 0:
+        cs = ConvSimilarity(model, beta=config.beta, **cs_options(config))
+        if config.cs_mode == "decoupled":
+            regs.decoupled = cs
+        else:
+            regs.in_loss.append(cs)
+    if config.penalty != "none":
+        regs.in_loss.append(Penalty(model, config.penalty, beta=config.penalty_beta))
+    return regs
+
+
+@dataclass
+class _Run:
+    """Everything the epochs of one run share (set up by :func:`_set_up`)."""
+
+    config: TrainConfig
+    out: Path
+    env: DistEnv
+    device: torch.device
+    model: nn.Module
+    net: nn.Module  # the model, or its DistributedDataParallel wrapper that training steps go through
+    optimizer: torch.optim.Optimizer
+    shuffle_gen: torch.Generator
+    regularisers: Regularisers
+    stopper: EarlyStopping | None
+    data: dict[str, torch.Tensor]
+    t_start: float  # time.perf_counter() when this process started the run
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per finished epoch
+    initial: dict[str, Any] = field(default_factory=dict)  # measurements before the first epoch
+    wall_before: float = 0.0  # wall time of earlier sessions of a resumed run
+    start_epoch: int = 0  # epochs already done
+
+    def wall(self) -> float:
+        return self.wall_before + time.perf_counter() - self.t_start
+
+
+def _set_up(
+    config: TrainConfig, device: torch.device, env: DistEnv, ckpt: dict[str, Any] | None, t_start: float
+) -> _Run:
+    """Seeds, data, model, optimizer, regularisers and early stopping; then a fresh start or the checkpoint's state."""
     # 1. Seed everything (the same on every rank: identical model init and shuffling order).
     seed_everything(config.seed)
     shuffle_gen = torch.Generator().manual_seed(config.seed)
-
     # 2. Data: whole splits as normalised float32 tensors on the device.
     fmt = _memory_format(config)
-    d = load_data(config, device, fmt)
-
-    # 3. Model, optimizer, regularisers.
-    model = build_model(config).to(device=device, memory_format=fmt)
+    data = load_data(config, device, fmt)
+    # 3. Model, optimizer, regularisers, early stopping.
+    model = build_model(config).to(device=device, memory_format=fmt)  # type: ignore[call-overload]
     init_digest = state_digest(model)  # before any CS initialisation: pairs runs by seed
     optimizer = make_optimizer(config, model)
-    regularisers: list[nn.Module] = []
-    decoupled = None  # cs_mode="decoupled": CS steps outside the optimizer
-    if config.beta > 0:
-        from convsim.similarity import ConvSimilarity
-
-        cs = ConvSimilarity(model, beta=config.beta, **cs_options(config))
-        if config.cs_mode == "decoupled":
-            decoupled = cs
-        else:
-            regularisers.append(cs)
-    if config.penalty != "none":
-        from convsim.penalties import Penalty
-
-        regularisers.append(Penalty(model, config.penalty, weight=config.penalty_weight))
-    stopper = make_early_stopping(config, model)
-
+    run = _Run(
+        config,
+        Path(config.out),
+        env,
+        device,
+        model,
+        model,
+        optimizer,
+        shuffle_gen,
+        make_regularisers(config, model),
+        make_early_stopping(config, model),
+        data,
+        t_start,
+    )
     # 4. Fresh start (optional CS initialisation) or resumption from the checkpoint.
     if ckpt is None:
-        if env.is_main:
-            reset_run_files(out)
-        init_cs = cs_initialization(config, model, optimizer, out, env)
-        history: list[dict] = []
-        initial = measure(model, d["fm_x"]) if env.is_main else {}
-        initial["init_cs"] = init_cs
-        initial["weights_sha256"] = init_digest
-        wall_before, start_epoch = 0.0, 0
-        if env.is_main:
-            save_checkpoint(out, config, model, optimizer, shuffle_gen, stopper, history, initial,
-                            epoch=0, status="running", wall=time.perf_counter() - t_start)
+        _start_fresh(run, init_digest)
     else:
-        restore_state(ckpt, model, optimizer, shuffle_gen, stopper)
-        history, initial, wall_before = ckpt["history"], ckpt["initial"], ckpt["wall_time"]
-        start_epoch = ckpt["epoch"]
-        if env.is_main:  # metrics.jsonl never holds an epoch beyond the checkpoint
-            rewrite_metrics(out, history)
-
+        _resume(run, ckpt)
     # 5. Data parallel: wrap after the CS init so DDP's start-up broadcast syncs every rank to rank 0.
-    net = model
     if env.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    def write_summary(status: str) -> dict:
-        wall = wall_before + time.perf_counter() - t_start
-        summary = make_summary(config, status, history, initial, stopper, env, device, wall)
-        if env.is_main:
-            atomic_write_json(out / "summary.json", summary)
-        return summary
-
-    write_summary("running")
-    status = "running"
-    try:
-        for epoch in range(start_epoch + 1, config.epochs + 1):
-            t0 = time.perf_counter()
-            lr = set_learning_rate(optimizer, config, epoch)
-            perm = torch.randperm(d["train_y"].shape[0], generator=shuffle_gen)
-            train_stats = train_epoch(net, d["train_x"], d["train_y"], perm, config, optimizer, regularisers,
-                                      stopper, env, device, desc=f"epoch {epoch}/{config.epochs}",
-                                      decoupled=decoupled)
-            record = {"epoch": epoch, "lr": lr, **train_stats, "order_sha256": tensor_digest(perm)}
-            record.update(evaluate(model, d["test_x"], d["test_y"], config, env, prefix="test"))
-            if env.is_main:
-                record.update(measure(model, d["fm_x"]))
-            stop = False
-            if stopper is not None:
-                stop = stopper.update(model, d, config, env, epoch, record)
-            status = "stopped early" if stop else ("complete" if epoch == config.epochs else "running")
-            if stop and config.es_restore:
-                stopper.restore(model)
-            record["seconds"] = time.perf_counter() - t0
-            if env.is_main:
-                wall = wall_before + time.perf_counter() - t_start
-                # Checkpoint first, then the metrics line: metrics never run ahead of the checkpoint.
-                save_checkpoint(out, config, model, optimizer, shuffle_gen, stopper, history + [record], initial,
-                                epoch=epoch, status=status, wall=wall)
-                append_jsonl(out / "metrics.jsonl", record)
-                _print_epoch(config, record)
-            history.append(record)
-            write_summary(status)
-            if stop:
-                break
-    except KeyboardInterrupt:
-        write_summary("interrupted")
-        raise
-    except Exception as e:
-        summary = write_summary("failed")
-        if env.is_main:
-            summary["error"] = f"{type(e).__name__}: {e}"
-            atomic_write_json(out / "summary.json", summary)
-        raise
-    finally:
-        for reg in regularisers:
-            if hasattr(reg, "remove"):
-                reg.remove()
-
-    summary = make_summary(config, status, history, initial, stopper, env, device,
-                           wall_before + time.perf_counter() - t_start)
-    if env.enabled:
-        summary["ddp"] = {"world_size": env.world_size, "backend": env.backend,
-                          "max_weight_difference": distributed.max_weight_difference(model, env)}
-    if env.is_main:
-        atomic_write_json(out / "summary.json", summary)
-    return summary
+        device_ids = [device.index] if device.type == "cuda" else None
+        run.net = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return run
 
 
-# ----------------------------------------------------------------------------------------------
-# Set-up: seeds and the model (data, optimizer, CS initialisation: convsim.training.data, convsim.training.optim)
-# ----------------------------------------------------------------------------------------------
+def _start_fresh(run: _Run, init_digest: str) -> None:
+    """Clear old log files, run the CS initialisation, measure the initial model, write checkpoint epoch 0."""
+    if run.env.is_main:
+        reset_run_files(run.out)
+    init_cs = cs_initialization(run.config, run.model, run.optimizer, run.out, run.env)
+    run.initial = measure_redundancy(run.model, run.data["fm_x"]) if run.env.is_main else {}
+    run.initial["init_cs"] = init_cs
+    run.initial["weights_sha256"] = init_digest
+    if run.env.is_main:
+        save_checkpoint(
+            run.out,
+            run.config,
+            run.model,
+            run.optimizer,
+            run.shuffle_gen,
+            run.stopper,
+            run.history,
+            run.initial,
+            epoch=0,
+            status="running",
+            wall=run.wall(),
+        )
+
+
+def _resume(run: _Run, ckpt: dict[str, Any]) -> None:
+    """Load the checkpoint's weights, optimizer, RNG and early-stopping state, history and wall time."""
+    restore_state(ckpt, run.model, run.optimizer, run.shuffle_gen, run.stopper)
+    run.history, run.initial, run.wall_before = ckpt["history"], ckpt["initial"], ckpt["wall_time"]
+    run.start_epoch = ckpt["epoch"]
+    if run.env.is_main:  # metrics.jsonl never holds an epoch beyond the checkpoint
+        rewrite_metrics(run.out, run.history)
 
 
 def seed_everything(seed: int) -> None:
@@ -285,21 +336,102 @@ def build_model(config: TrainConfig) -> nn.Module:
     """
     info = _data.DATASETS[config.dataset]
     try:
-        return _models.build(config.model, in_channels=info.channels, num_classes=info.classes,
-                             width=config.width, input_size=info.size)
+        return _models.build(
+            config.model, in_channels=info.channels, num_classes=info.classes, width=config.width, input_size=info.size
+        )
     except ValueError as e:
         raise ConfigError(f"model {config.model!r} (width {config.width}) on {config.dataset}: {e}") from e
 
 
 # ----------------------------------------------------------------------------------------------
-# One epoch, one step
+# One epoch of the run: train, evaluate, measure, early stopping, checkpoint, log
 # ----------------------------------------------------------------------------------------------
 
 
-def train_step(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, optimizer: torch.optim.Optimizer,
-               regularisers: Sequence[nn.Module], freezer: Optional[ChannelFreezer],
-               autocast: Callable[[], contextlib.AbstractContextManager],
-               decoupled: Optional[nn.Module] = None) -> torch.Tensor:
+def _run_epoch(run: _Run, epoch: int) -> str:
+    """Train and score ``epoch``, apply early stopping, checkpoint and log it; returns the run's status after it."""
+    t0 = time.perf_counter()
+    config, stopper = run.config, run.stopper
+    record = _train_and_score(run, epoch)
+    stop = False
+    if stopper is not None:
+        stop = stopper.update(run.model, run.data, config, run.env, epoch, record)
+        if stop and config.es_restore:
+            stopper.restore(run.model)
+    status = "stopped early" if stop else ("complete" if epoch == config.epochs else "running")
+    record["seconds"] = time.perf_counter() - t0
+    if run.env.is_main:
+        # Checkpoint first, then the metrics line: metrics never run ahead of the checkpoint.
+        save_checkpoint(
+            run.out,
+            config,
+            run.model,
+            run.optimizer,
+            run.shuffle_gen,
+            stopper,
+            run.history + [record],
+            run.initial,
+            epoch=epoch,
+            status=status,
+            wall=run.wall(),
+        )
+        append_jsonl(run.out / "metrics.jsonl", record)
+        _print_epoch(config, record)
+    run.history.append(record)
+    _write_summary(run, status)
+    return status
+
+
+def _train_and_score(run: _Run, epoch: int) -> dict[str, Any]:
+    """One pass over the shuffled training set, then the test metrics and (rank 0) the redundancy measurements."""
+    config, d = run.config, run.data
+    lr = set_learning_rate(run.optimizer, config, epoch)
+    perm = torch.randperm(d["train_y"].shape[0], generator=run.shuffle_gen)
+    train_stats = train_epoch(
+        run.net,
+        d["train_x"],
+        d["train_y"],
+        perm,
+        config,
+        run.optimizer,
+        run.regularisers.in_loss,
+        run.stopper,
+        run.env,
+        run.device,
+        desc=f"epoch {epoch}/{config.epochs}",
+        decoupled=run.regularisers.decoupled,
+    )
+    record = {"epoch": epoch, "lr": lr, **train_stats, "order_sha256": tensor_digest(perm)}
+    record.update(evaluate(run.model, d["test_x"], d["test_y"], config, run.env, prefix="test"))
+    if run.env.is_main:
+        record.update(measure_redundancy(run.model, d["fm_x"]))
+    return record
+
+
+def _write_summary(run: _Run, status: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's summary with ``status`` (plus ``extra`` keys), written to ``summary.json`` by rank 0."""
+    summary = make_summary(run.config, status, run.history, run.initial, run.stopper, run.env, run.device, run.wall())
+    summary.update(extra or {})
+    if run.env.is_main:
+        atomic_write_json(run.out / "summary.json", summary)
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# One pass over the training set, one step
+# ----------------------------------------------------------------------------------------------
+
+
+def train_step(
+    net: nn.Module,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    regularisers: Sequence[nn.Module],
+    freezer: ChannelFreezer | None,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+    decoupled: ConvSimilarity | None = None,
+) -> torch.Tensor:
     """One optimizer step on one (local) batch.
 
     Loss: mean cross-entropy + the sum of the regularisers' values (each already weighted).
@@ -327,18 +459,31 @@ def train_step(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor, optimizer: to
         freezer.restore_frozen()
     n = yb.shape[0]
     correct = (logits.detach().argmax(1) == yb).sum()
-    return torch.stack([ce.detach().double() * n, correct.double(), ce.new_tensor(n, dtype=torch.float64),
-                        reg.detach().double()])
+    return torch.stack(
+        [ce.detach().double() * n, correct.double(), ce.new_tensor(n, dtype=torch.float64), reg.detach().double()]
+    )
 
 
-def train_epoch(net: nn.Module, x: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, config: TrainConfig,
-                optimizer: torch.optim.Optimizer, regularisers: Sequence[nn.Module], stopper, env: DistEnv,
-                device: torch.device, desc: str = "", decoupled: Optional[nn.Module] = None) -> dict:
+def train_epoch(
+    net: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    perm: torch.Tensor,
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    regularisers: Sequence[nn.Module],
+    stopper: EarlyStopping | None,
+    env: DistEnv,
+    device: torch.device,
+    desc: str = "",
+    decoupled: ConvSimilarity | None = None,
+) -> dict[str, float]:
     """One pass over the shuffled training set in global batches of ``batch_size``.
 
     Under DDP the permutation is cut to a multiple of the world size (at most world−1 samples of
     the epoch are skipped, different ones each epoch) and every global batch is split
-    rank-strided; with ``drop_last`` a short last batch is skipped. Returns the epoch means
+    rank-strided; with ``drop_last`` a short last batch is skipped. The channels ``stopper``
+    froze stay frozen through every step. Returns the epoch means
     ``train_loss`` (cross-entropy), ``train_acc`` and ``reg_loss`` (the added regulariser terms,
     per step), and ``train_samples`` (images seen this epoch), all reduced over ranks.
     """
@@ -349,7 +494,7 @@ def train_epoch(net: nn.Module, x: torch.Tensor, y: torch.Tensor, perm: torch.Te
     batches = list(torch.split(perm, config.batch_size))
     if config.drop_last and len(batches) > 1 and len(batches[-1]) < config.batch_size:
         batches.pop()
-    freezer = getattr(stopper, "freezer", None)
+    freezer = stopper.freezer if stopper is not None else None
     autocast = lambda: autocast_context(config, device)  # noqa: E731
     fmt = _memory_format(config)
     show = env.is_main and config.verbose and sys.stderr.isatty()
@@ -364,11 +509,16 @@ def train_epoch(net: nn.Module, x: torch.Tensor, y: torch.Tensor, perm: torch.Te
     steps = torch.tensor([len(batches)], dtype=torch.float64, device=device)
     sums = distributed.all_reduce_sum(torch.cat([sums, steps]), env)
     ce_sum, correct, count, reg_sum, n_steps = sums.tolist()
-    return {"train_loss": ce_sum / count, "train_acc": correct / count, "reg_loss": reg_sum / n_steps,
-            "train_samples": int(count)}
+    return {
+        "train_loss": ce_sum / count,
+        "train_acc": correct / count,
+        "reg_loss": reg_sum / n_steps,
+        "train_samples": int(count),
+    }
 
 
-def _progress(items, desc: str, show: bool):
+def _progress(items: list[torch.Tensor], desc: str, show: bool) -> Any:
+    """``items`` as they are, or (``show``) wrapped in a tqdm progress bar."""
     if not show:
         return items
     from tqdm.auto import tqdm
@@ -380,7 +530,7 @@ def _memory_format(config: TrainConfig) -> torch.memory_format:
     return torch.channels_last if config.channels_last else torch.contiguous_format
 
 
-def _print_epoch(config: TrainConfig, r: dict) -> None:
+def _print_epoch(config: TrainConfig, r: dict[str, Any]) -> None:
     if not config.verbose:
         return
     extra = ""
@@ -388,9 +538,12 @@ def _print_epoch(config: TrainConfig, r: dict) -> None:
         extra = f" frozen {r['es_frozen_count']}/{len(r['es_frozen'])}"
     elif "val_error" in r:
         extra = f" val_err {r['val_error']:.4f}"
-    print(f"epoch {r['epoch']:>3}/{config.epochs}  loss {r['train_loss']:.4f}  acc {r['train_acc']:.4f}  "
-          f"test {r['test_acc']:.4f}  cs {r['cs']:.4g}  fm {r['fm_similarity']:.3f}{extra}  "
-          f"{r['seconds']:.1f}s", flush=True)
+    print(
+        f"epoch {r['epoch']:>3}/{config.epochs}  loss {r['train_loss']:.4f}  acc {r['train_acc']:.4f}  "
+        f"test {r['test_acc']:.4f}  cs {r['cs']:.4g}  fm {r['fm_similarity']:.3f}{extra}  "
+        f"{r['seconds']:.1f}s",
+        flush=True,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -398,28 +551,31 @@ def _print_epoch(config: TrainConfig, r: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def _existing_summary(out: Path, ckpt: dict, config: TrainConfig, env: DistEnv, device: torch.device) -> dict:
+def _existing_summary(
+    out: Path, ckpt: dict[str, Any], config: TrainConfig, env: DistEnv, device: torch.device
+) -> dict[str, Any]:
     """The summary of a finished run (resumed with nothing left to train), rewritten if stale."""
     path = out / "summary.json"
     if path.exists():
-        summary = json.loads(path.read_text())
+        summary: dict[str, Any] = json.loads(path.read_text())
         if summary.get("epochs_run") == ckpt["epoch"] and summary.get("status") == ckpt["status"]:
             return summary
-    stopper = None
-    if ckpt["early_stop"] is not None:  # rebuild the stopper for its summary fields
-        stopper = make_early_stopping(config, build_model(config))
+    stopper = make_early_stopping(config, build_model(config)) if ckpt["early_stop"] is not None else None
+    if stopper is not None:  # rebuilt for its summary fields
         stopper.load_state_dict(ckpt["early_stop"])
-    summary = make_summary(config, ckpt["status"], ckpt["history"], ckpt["initial"], stopper, env, device,
-                           ckpt["wall_time"])
+    summary = make_summary(
+        config, ckpt["status"], ckpt["history"], ckpt["initial"], stopper, env, device, ckpt["wall_time"]
+    )
     if env.is_main:
         atomic_write_json(path, summary)
     return summary
 
 
-def load_run(run_dir: str | os.PathLike) -> tuple[nn.Module, TrainConfig, dict]:
+def load_run(run_dir: str | os.PathLike[str]) -> tuple[nn.Module, TrainConfig, dict[str, Any]]:
     """Rebuild a trained model from a run directory, on CPU, in eval mode.
 
-    Reads the config from ``RUN_DIR/summary.json``, builds the architecture and loads the weights
+    Reads the config from ``RUN_DIR/summary.json`` (through :func:`~convsim.training.config.config_from_dict`,
+    so runs stored with older field names load too), builds the architecture and loads the weights
     of ``RUN_DIR/checkpoint.pt`` (the delivered weights; see :func:`convsim.training.summary.make_summary`).
 
     Returns:

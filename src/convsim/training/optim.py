@@ -4,20 +4,21 @@ The schedule is a pure function of the epoch (:func:`lr_factor`), so a checkpoin
 scheduler state beyond the epoch. The CS initialisation (spec §9.2) moves the conv weights by
 ``init_iters`` steps minimising :math:`L_{CS}` alone before the first epoch.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import torch
 from torch import nn
 
+from convsim._internal.files import atomic_write_text
 from convsim.training.config import SCHEDULES, TrainConfig
 from convsim.training.distributed import DistEnv
-from convsim._internal.files import atomic_write_text
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -71,13 +72,14 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, config: TrainConfig, epo
     return lr
 
 
-def cs_options(config: TrainConfig) -> dict:
+def cs_options(config: TrainConfig) -> dict[str, Any]:
     """The CS loss options of ``config`` (``pairs``, ``channels``, ``normalize``) as keyword arguments."""
     return dict(pairs=config.cs_pairs, channels=config.cs_channels, normalize=config.cs_normalize)
 
 
-def cs_initialization(config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
-                      out: Path, env: DistEnv) -> Optional[dict]:
+def cs_initialization(
+    config: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, out: Path, env: DistEnv
+) -> dict[str, float] | None:
     """Run ``init_iters`` CS-minimisation steps on the conv weights and write ``init.jsonl``.
 
     ``init_optimizer="adam"``: a fresh Adam (lr ``init_lr``) that is thrown away afterwards (the
@@ -95,11 +97,13 @@ def cs_initialization(config: TrainConfig, model: nn.Module, optimizer: torch.op
             group["lr"] = config.init_lr
         history = cs_initialize(model, config.init_iters, config.init_lr, optimizer=optimizer, **opts)
     else:
-        history = cs_initialize(model, config.init_iters, config.init_lr,
-                                progress=env.is_main and sys.stderr.isatty(), **opts)
+        history = cs_initialize(
+            model, config.init_iters, config.init_lr, progress=env.is_main and sys.stderr.isatty(), **opts
+        )
     with torch.no_grad():
         history.append(float(ConvSimilarity(model, beta=1.0, **opts)()))
     if env.is_main:
-        atomic_write_text(out / "init.jsonl",
-                          "".join(json.dumps({"step": s, "cs": v}) + "\n" for s, v in enumerate(history)))
+        atomic_write_text(
+            out / "init.jsonl", "".join(json.dumps({"step": s, "cs": v}) + "\n" for s, v in enumerate(history))
+        )
     return {"first": history[0], "last": history[-1]}

@@ -4,6 +4,7 @@
 (``"complete"`` / ``"stopped early"``) and on failure (``"interrupted"`` / ``"failed"``), so
 the file follows the checkpoint.
 """
+
 from __future__ import annotations
 
 import functools
@@ -12,20 +13,37 @@ import platform
 import subprocess
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Any
 
 import numpy as np
 import torch
 
 from convsim.training.config import TrainConfig
 from convsim.training.distributed import DistEnv
+from convsim.training.early_stopping import EarlyStopping
 
-FINAL_KEYS = ("test_acc", "test_loss", "train_acc", "train_loss", "cs", "kernel_cosine", "fm_similarity",
-              "fm_similarity_centered")
+FINAL_KEYS = (
+    "test_acc",
+    "test_loss",
+    "train_acc",
+    "train_loss",
+    "cs",
+    "kernel_cosine",
+    "fm_similarity",
+    "fm_similarity_centered",
+)
 
 
-def make_summary(config: TrainConfig, status: str, history: list[dict], initial: dict, stopper,
-                 env: DistEnv, device: torch.device, wall: float) -> dict:
+def make_summary(
+    config: TrainConfig,
+    status: str,
+    history: list[dict[str, Any]],
+    initial: dict[str, Any],
+    stopper: EarlyStopping | None,
+    env: DistEnv,
+    device: torch.device,
+    wall: float,
+) -> dict[str, Any]:
     """The run's ``summary.json``.
 
     Top-level metrics (``test_acc, test_loss, train_acc, train_loss, cs, kernel_cosine,
@@ -46,11 +64,16 @@ def make_summary(config: TrainConfig, status: str, history: list[dict], initial:
         restored = stopped and config.es_restore and stopper.best_state is not None
         if restored:
             delivered_epoch = stopper.best_epoch
-        early = {"mode": stopper.mode, "stopped": stopped, "stop_epoch": stopper.stop_epoch if stopped else None,
-                 "best_epoch": stopper.best_epoch, "restored": restored,
-                 "restore_epoch": stopper.best_epoch if restored else None,
-                 "test_acc_at_stop": history[-1]["test_acc"] if stopped else None,
-                 **stopper.summary()}
+        early = {
+            "mode": stopper.mode,
+            "stopped": stopped,
+            "stop_epoch": stopper.stop_epoch if stopped else None,
+            "best_epoch": stopper.best_epoch,
+            "restored": restored,
+            "restore_epoch": stopper.best_epoch if restored else None,
+            "test_acc_at_stop": history[-1]["test_acc"] if stopped else None,
+            **stopper.summary(),
+        }
     delivered = next((r for r in history if r["epoch"] == delivered_epoch), {})
     if early is not None and early["restored"]:
         early["test_acc_restored"] = delivered.get("test_acc")
@@ -108,19 +131,24 @@ def _bytes(t: torch.Tensor) -> bytes:
     return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
-def versions() -> dict:
+def versions() -> dict[str, str]:
     """Versions of convsim, Python and the libraries a run depends on."""
     from convsim import __version__
 
-    return {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
-            "convsim": __version__}
+    return {
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "convsim": __version__,
+    }
 
 
 @functools.lru_cache(maxsize=1)
-def _git_revision() -> Optional[str]:
+def _git_revision() -> str | None:
     try:
-        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return (res.stdout.strip() or None) if res.returncode == 0 else None

@@ -1,0 +1,45 @@
+"""``convsim report DIR [--out DIR]``: rebuild a suite's report from its committed run files alone.
+
+Reads ``DIR/suite.json`` (the suite's name) and ``DIR/runs/<name>/{spec.json, summary.json,
+metrics.jsonl, init.jsonl}``; writes ``report.md``, ``results.json``, ``summary.csv`` and the figures
+into ``--out`` (default ``DIR``). No training and no checkpoints are needed; the channel-wise NNK
+overlap section comes from ``DIR/overlap/cache.json`` when it matches the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from convsim.reporting.runs import read_json
+from convsim.reporting.suites import SUITES, report_suite
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", metavar="DIR", help="a suite folder written by convsim reproduce (suite.json, runs/)")
+    parser.add_argument("--out", default=None, help="output folder (default: DIR)")
+
+
+def _error(message: str) -> int:
+    print(f"convsim report: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    source = Path(args.dir)
+    if not (source / "runs").is_dir():
+        return _error(f"{source} has no runs/ folder; expected a folder written by `convsim reproduce --out DIR`")
+    stored = read_json(source / "suite.json")
+    found = stored.get("suite") if isinstance(stored, dict) else None  # suite.json may hold any JSON value
+    if not isinstance(found, str) or found not in SUITES:
+        return _error(
+            f"{source / 'suite.json'} is missing or names no known suite (found {found!r}; "
+            f"known: {', '.join(sorted(SUITES))})"
+        )
+    out = Path(args.out) if args.out else source
+    res = report_suite(out, found, source=source)
+    for c in res["claims"]:
+        print(f"({c['id']}) {c['verdict']}: {c['claim']}")
+    print(f"wrote {out / 'report.md'}, {out / 'results.json'}, {out / 'summary.csv'}")
+    return 0
