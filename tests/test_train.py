@@ -56,6 +56,7 @@ METRIC_KEYS = {
 }
 SUMMARY_KEYS = {
     "status",
+    "machine",
     "epochs_run",
     "delivered_epoch",
     "config",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import platform
 import subprocess
 from dataclasses import asdict
@@ -87,6 +88,7 @@ def make_summary(
         "versions": versions(),
         "git": _git_revision(),
         "device": _device_name(device),
+        "machine": machine(),
         "world_size": env.world_size,
         "threads": torch.get_num_threads(),
         "wall_time": wall,
@@ -129,6 +131,25 @@ def state_digest(model: torch.nn.Module) -> str:
 
 def _bytes(t: torch.Tensor) -> bytes:
     return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+@functools.lru_cache(maxsize=1)
+def machine() -> dict[str, Any]:
+    """The host: CPU model (``/proc/cpuinfo`` on Linux, else ``platform.processor()``), logical CPUs, OS.
+
+    Example:
+        >>> sorted(machine())
+        ['cpu', 'logical_cpus', 'platform']
+    """
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "platform": platform.platform()}
 
 
 def versions() -> dict[str, str]:
