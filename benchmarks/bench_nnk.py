@@ -48,6 +48,7 @@ import torch  # noqa: E402
 from convsim._internal.files import atomic_write_text  # noqa: E402
 from convsim.nnk import channel_overlap, compiled_kernels, nnk_neighbors, search  # noqa: E402
 from convsim.nnk.solvers import cpu_threads, use_compiled  # noqa: E402
+from convsim.training.summary import machine as host  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "nnk.md"
 JITTER = 1e-8
@@ -116,14 +117,7 @@ def timed(fns: dict[str, Callable[[], object]], repeats: int, warmup: bool = Tru
 
 
 def machine_note(load_start: float) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = host()["cpu"]
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
     return (
         f"{cpu}, {os.cpu_count()} logical CPUs, load average {load_start:.2f} at the start and "

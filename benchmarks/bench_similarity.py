@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch import nn
 
 from convsim._internal.files import atomic_write_text
 from convsim.similarity import ConvSimilarity, conv_similarity
+from convsim.training.summary import machine as host
 
 RESULTS = Path(__file__).parent / "results" / "similarity.md"
 
@@ -204,11 +204,7 @@ def model_rows(repeats: int, batch: int) -> tuple[list[str], float]:
 
 
 def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        name = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "unknown")
-    except OSError:
-        name = platform.processor() or "unknown"
+    name = host()["cpu"]
     return (
         f"{name}; {torch.get_num_threads()} torch threads; torch {torch.__version__}; "
         f"Python {platform.python_version()}"

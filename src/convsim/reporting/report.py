@@ -57,6 +57,7 @@ from convsim.training.summary import FINAL_KEYS
 
 # Per configuration (results.json, summary.csv): the delivered weights' metrics and the training loss after epoch 1.
 GROUP_METRICS = FINAL_KEYS + ("train_loss_epoch1",)
+MAX_LISTED = 12  # runs named in the intro when some are not complete
 
 
 def jsonable(obj: Any) -> Any:
@@ -157,6 +158,7 @@ def setup_section(ctx: Context) -> str:
     torch_versions = sorted({(r.summary.get("versions") or {}).get("torch", "?") for r in complete})
     jobs = ctx.study.get("jobs")
     lines = [
+        f"{ctx.study['description']}\n" if ctx.study.get("description") else "",
         "Settings of most configurations (deviations per configuration are in *All configurations*):\n",
         markdown_table(["setting", "value"], [[k, json.dumps(v, default=str)] for k, v in common.items()]),
         f"\n- machine(s): {'; '.join(machines) or 'unknown'}",
@@ -415,8 +417,12 @@ def intro(ctx: Context) -> str:
         f"- complete runs: **{sum(r.complete for r in ctx.runs)}** in **{len(ctx.groups)}** configurations"
         + (f"; total training time {sum(w for w in wall if w) / 60:.1f} min" if wall else ""),
     ]
-    if ctx.incomplete or ctx.pending:
-        lines.append(f"- not complete (excluded): {', '.join(sorted(set(ctx.incomplete) | set(ctx.pending)))}")
+    missing = sorted(set(ctx.incomplete) | set(ctx.pending))
+    if missing:
+        shown = ", ".join(missing[:MAX_LISTED]) + (
+            f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
+        )
+        lines.append(f"- **{len(missing)} runs not complete (excluded; all listed in `results.json`)**: {shown}")
     if ctx.failed:
         lines.append(f"- failed: {', '.join(f'{k} ({v})' for k, v in sorted(ctx.failed.items()))}")
     if ctx.ignored:
@@ -580,6 +586,7 @@ def results_record(ctx: Context) -> dict:
         "versions": run_versions(),
         "study": dict(ctx.study),
         "incomplete": ctx.incomplete,
+        "pending": sorted(ctx.pending),
         "failed": dict(ctx.failed),
         "ignored": list(ctx.ignored),
     }

@@ -26,6 +26,7 @@ Suites (what ``quick`` costs on a 2-core CPU is recorded in ``BENCHMARKS.md``):
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import re
@@ -190,6 +191,24 @@ def _hp(base: Hyper, **kw: Any) -> Hyper:
 MAIN_METHODS = ("baseline", "cs-init", "cs-reg", "cs-init+reg", "so", "ocnn", "srip", "decov")
 
 
+def early_stop_grids(
+    models: Mapping[str, Mapping[str, Any]], seeds: Sequence[int], hp: Hyper, es: Mapping[str, Any]
+) -> list[list[RunSpec]]:
+    """The ``early_stop`` study: baselines with channel-wise NNK and with validation early stopping."""
+    return [
+        grid(
+            "early_stop",
+            models,
+            methods=("baseline",),
+            seeds=seeds,
+            hp=hp,
+            extra={"early_stop": mode, **es},
+            tag=f"es-{mode}",
+        )
+        for mode in ("cwnnk", "validation")
+    ]
+
+
 def smoke_suite() -> list[RunSpec]:
     """Seconds per run on synthetic data: every report section gets data, nothing is meaningful."""
     data = {
@@ -224,24 +243,7 @@ def smoke_suite() -> list[RunSpec]:
         grid(
             "momentum", cnn1, methods=("baseline", "cs-init"), seeds=seeds, hp=hp, extra={"momentum": 0.9}, tag="m0.9"
         ),
-        grid(
-            "early_stop",
-            cnn1,
-            methods=("baseline",),
-            seeds=seeds,
-            hp=hp,
-            extra={"early_stop": "cwnnk", **es},
-            tag="es-cwnnk",
-        ),
-        grid(
-            "early_stop",
-            cnn1,
-            methods=("baseline",),
-            seeds=seeds,
-            hp=hp,
-            extra={"early_stop": "validation", **es},
-            tag="es-validation",
-        ),
+        *early_stop_grids(cnn1, seeds, hp, es),
     )
 
 
@@ -284,24 +286,7 @@ def quick_suite() -> list[RunSpec]:
         grid(
             "momentum", cnn1, methods=("cs-init",), seeds=seeds, hp=CNN1_HP, extra={**momentum, **norm}, tag="norm-m0.9"
         ),
-        grid(
-            "early_stop",
-            cnn1,
-            methods=("baseline",),
-            seeds=seeds,
-            hp=CNN1_HP,
-            extra={"early_stop": "cwnnk", **es},
-            tag="es-cwnnk",
-        ),
-        grid(
-            "early_stop",
-            cnn1,
-            methods=("baseline",),
-            seeds=seeds,
-            hp=CNN1_HP,
-            extra={"early_stop": "validation", **es},
-            tag="es-validation",
-        ),
+        *early_stop_grids(cnn1, seeds, CNN1_HP, es),
     )
 
 
@@ -377,24 +362,7 @@ def _paper_cnn1_extras(cnn1: Mapping[str, Mapping[str, Any]], seeds: Sequence[in
             extra={**momentum, "cs_normalize": True},
             tag="norm-m0.9",
         ),
-        grid(
-            "early_stop",
-            cnn1,
-            methods=("baseline",),
-            seeds=seeds,
-            hp=CNN1_HP,
-            extra={"early_stop": "cwnnk", **es},
-            tag="es-cwnnk",
-        ),
-        grid(
-            "early_stop",
-            cnn1,
-            methods=("baseline",),
-            seeds=seeds,
-            hp=CNN1_HP,
-            extra={"early_stop": "validation", **es},
-            tag="es-validation",
-        ),
+        *early_stop_grids(cnn1, seeds, CNN1_HP, es),
     )
 
 
@@ -415,7 +383,7 @@ def fmnist_suite() -> list[RunSpec]:
     minibatch order, whatever the method). 30 epochs instead of the paper's 50, the
     least the study allows: measured on the 2-core CPU it ran on, a full-data cnn1 epoch takes
     about 10 s on one thread in fp32 with channels_last (bf16 autocast is 8x slower there, the CPU
-    having no native bf16), so 125 runs x 30 epochs take about 5 hours two at a time.
+    having no native bf16), so 125 runs x 30 epochs take about 6 hours two at a time.
     Momentum variants use lr 0.001 with momentum 0.9, keeping the effective step lr / (1 - m).
     Groups are listed in the order they are trained: those of the claims' primary comparisons first.
     """
@@ -454,12 +422,13 @@ def fmnist_suite() -> list[RunSpec]:
     )
 
 
-SUITES: dict[str, list[RunSpec]] = {
-    "smoke": smoke_suite(),
-    "quick": quick_suite(),
-    "paper": paper_suite(),
-    "fmnist": fmnist_suite(),
+SUITE_FUNCTIONS: dict[str, Callable[[], list[RunSpec]]] = {
+    "smoke": smoke_suite,
+    "quick": quick_suite,
+    "paper": paper_suite,
+    "fmnist": fmnist_suite,
 }
+SUITES: dict[str, list[RunSpec]] = {name: make() for name, make in SUITE_FUNCTIONS.items()}
 # Per suite: the claims' primary comparisons ("claims", group names) and the options of the report's
 # channel-wise NNK overlap section ("overlap": keyword arguments of overlap_analysis, plus "study":
 # which runs it analyses). Every suite's cnn1 groups follow the same naming, so one design serves.
@@ -679,6 +648,7 @@ def report_suite(
     if study is None:
         stored = read_json(source / "suite.json") or {}
         study = {k: stored[k] for k in ("jobs", "threads") if k in stored}
+    study = {**study, "description": inspect.getdoc(SUITE_FUNCTIONS[suite])}
     cache = source / "overlap" / "cache.json"
     if source.resolve() != out.resolve() and cache.exists():
         atomic_write_text(out / "overlap" / "cache.json", cache.read_text())
