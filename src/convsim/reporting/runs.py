@@ -364,7 +364,11 @@ def strength(g: Group) -> float | None:
 
 
 def method_label(g: Group, with_model: bool = False) -> str:
-    """``"cs-init+reg I=500 β=0.01 (normalised)"``: the method with the settings that tell runs apart."""
+    """``"cs-init+reg I=500 β=0.01 (normalised)"``: the method with the settings that tell runs apart.
+
+    ``with_model`` prefixes the model and, where they are not the defaults, its width and SGD
+    momentum: ``"cnn1 w=2 cs-reg β=0.01"``.
+    """
     s = g.method
     if g.method in CS_INIT_METHODS:
         s += f" I={g.get('init_iters')}"
@@ -372,4 +376,8 @@ def method_label(g: Group, with_model: bool = False) -> str:
         s += f" β={strength(g):g}"
     if g.method in CS_METHODS and g.get("cs_normalize"):
         s += " (normalised)"
-    return f"{g.get('model')} {s}" if with_model else s
+    if not with_model:
+        return s
+    width, momentum = float(g.get("width") or 1.0), float(g.get("momentum") or 0.0)
+    context = (f" w={width:g}" if width != 1.0 else "") + (f" m={momentum:g}" if momentum else "")
+    return f"{g.get('model')}{context} {s}"
