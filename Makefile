@@ -50,6 +50,7 @@ study: install
 bench: install
 	$(PY) benchmarks/bench_similarity.py
 	$(PY) benchmarks/bench_nnk.py
+	$(PY) benchmarks/bench_nnk_solvers.py
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/collect.py
 

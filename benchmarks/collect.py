@@ -1,7 +1,8 @@
 """Assemble BENCHMARKS.md from the tables the benchmark scripts wrote under benchmarks/results/.
 
     python benchmarks/bench_similarity.py && python benchmarks/bench_nnk.py \
-        && python benchmarks/bench_training.py && python benchmarks/collect.py
+        && python benchmarks/bench_nnk_solvers.py && python benchmarks/bench_training.py \
+        && python benchmarks/collect.py
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = [
     ("similarity.md", "CS core (issue: core library)"),
     ("nnk.md", "NNK and channel-wise NNK (issue: convsim.nnk)"),
+    ("nnk_solvers.md", "NNK solvers: exact against the released pruning solver (issue 14)"),
     ("training.md", "Training on a CPU (issue: experiments)"),
 ]
 HEADER = """# Benchmarks

@@ -57,7 +57,8 @@ def test_report_rebuilds_the_report_from_run_files_alone(tmp_path, capsys):
     assert results["suite"] == "smoke" and results["incomplete"] == []
     assert sorted(r["name"] for r in results["runs"]) == sorted(s.name for s in SMOKE)
     assert results["design"] == SUITE_OPTIONS["smoke"]["claims"].as_dict()
-    assert results["study"] == {"jobs": 1, "threads": 1}  # from suite.json
+    assert {k: results["study"][k] for k in ("jobs", "threads")} == {"jobs": 1, "threads": 1}  # from suite.json
+    assert results["study"]["description"].startswith("Seconds per run")  # the smoke suite's docstring
     groups = list(csv.DictReader((src / "summary.csv").open()))
     assert sorted(r["group"] for r in groups) == sorted({s.group for s in SMOKE})
     assert _snapshot(src / "runs") == runs_before  # the run files are only read

@@ -252,7 +252,7 @@ def test_k_not_smaller_than_n_raises():
     "kwargs,err,match",
     [
         ({"kernel": "rbf"}, ValueError, "kernel must be one of"),
-        ({"solver": "pruning"}, ValueError, "solver must be one of"),
+        ({"solver": "lbfgs"}, ValueError, "solver must be one of"),
         ({"sigma": 1.0}, ValueError, "sigma is only used by the gaussian kernel"),
         ({"kernel": "gaussian", "sigma": -1.0}, ValueError, "sigma must be a positive number"),
         ({"k": 0}, ValueError, "k must be an int >= 1"),

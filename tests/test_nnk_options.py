@@ -23,7 +23,7 @@ from convsim.nnk import NNKOptions, channel_loo_error, channel_overlap, layer_ov
         ({"sigma": 1.0}, ValueError, "sigma is only used by the gaussian kernel"),
         ({"kernel": "gaussian", "sigma": 0.0}, ValueError, "sigma must be a positive number or None"),
         ({"kernel": "gaussian", "sigma": "1"}, ValueError, "sigma must be a positive number or None"),
-        ({"solver": "pruning"}, ValueError, "solver must be one of ('exact', 'pgd'), got 'pruning'"),
+        ({"solver": "lbfgs"}, ValueError, "solver must be one of ('exact', 'pgd', 'pruning'), got 'lbfgs'"),
         ({"solver": "fast"}, ValueError, "(solver='fast' is now solver='pgd')"),
         ({"threshold": -1e-3}, ValueError, "threshold must be a number >= 0, got -0.001"),
         ({"threshold": "0"}, TypeError, "threshold must be a number >= 0, got str"),

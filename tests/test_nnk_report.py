@@ -177,3 +177,26 @@ def test_correlations_are_also_given_within_each_model(run_dirs, tmp_path):
     assert all(c["n"] == 6 for c in res["correlations"].values())
     assert "_Within cnn2 runs only:_" in overlap_markdown(res)
     shutil.rmtree(tmp_path / "out")
+
+
+def test_pruning_solver_is_named_with_its_tolerance(run_dirs, tmp_path):
+    """--nnk-solver pruning: overlap.json records the solver, its tolerance and every NNK setting,
+    and the markdown names them; an exact analysis records no tolerance; a bad tolerance raises."""
+    out = tmp_path / "pr"
+    argv = ["overlap", *map(str, run_dirs), "--out", str(out), "--n-samples", "40", "-k", "4", "--layers", "conv4"]
+    assert cli_main([*argv, "--nnk-solver", "pruning", "--pruning-tol", "1e-5", "--no-figures"]) == 0
+    res = json.loads((out / "overlap.json").read_text())
+    o = res["options"]
+    assert (o["solver"], o["pruning_tol"], o["nnk"]["solver"], o["nnk"]["pruning_tol"]) == (
+        "pruning",
+        1e-5,
+        "pruning",
+        1e-5,
+    )
+    assert o["nnk"]["k"] == 4 and o["nnk"]["duplicates"] == "drop"
+    assert "pruning solver (the released one-way solver, tolerance 1e-05)" in (out / "overlap.md").read_text()
+    exact = overlap_analysis(run_dirs, tmp_path / "ex", n_samples=40, k=4, layers=["conv4"], figures=False)
+    assert "pruning_tol" not in exact["options"] and exact["options"]["nnk"]["solver"] == "exact"
+    assert "exact solver" in overlap_markdown(exact)
+    with pytest.raises(ValueError, match="pruning_tol must be a number in"):
+        overlap_analysis(run_dirs, tmp_path, solver="pruning", pruning_tol=2.0)

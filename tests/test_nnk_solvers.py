@@ -8,7 +8,7 @@ import scipy.optimize
 import torch
 
 import test_nnk_oracles as oracles
-from convsim.nnk.solvers import active_set, objective, projected_gradient, solve
+from convsim.nnk.solvers import active_set, objective, projected_gradient, pruning, solve
 
 
 @pytest.fixture(params=["torch", "numba"])
@@ -166,7 +166,8 @@ def test_solve_dispatches_and_rejects_unknown_solver():
     A, b = random_systems(3, 4, seed=10)
     assert torch.equal(solve(A, b, "exact").theta, active_set(A, b).theta)
     assert torch.equal(solve(A, b, "pgd", max_iter=50).theta, projected_gradient(A, b, max_iter=50).theta)
-    for name in ("pruning", "fast"):
+    assert torch.equal(solve(A, b, "pruning", tol=1e-4).theta, pruning(A, b, tol=1e-4).theta)
+    for name in ("lbfgs", "fast"):
         with pytest.raises(ValueError, match="solver must be one of"):
             solve(A, b, name)
 

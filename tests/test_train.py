@@ -111,6 +111,14 @@ def checkpoint_model(out):
     return torch.load(f"{out}/checkpoint.pt", map_location="cpu", weights_only=True)["model"]
 
 
+def store_as_old_run(ckpt: dict, out) -> None:
+    """Write ``ckpt`` as a run stored by an older convsim left it: format 1 (no checksum), no previous checkpoint."""
+    ckpt = {k: v for k, v in ckpt.items() if k != "sha256"}
+    ckpt["format"] = 1
+    torch.save(ckpt, f"{out}/checkpoint.pt")
+    (out / "checkpoint.prev.pt").unlink(missing_ok=True)
+
+
 def assert_same_state(a: dict, b: dict):
     assert a.keys() == b.keys()
     for k in a:
@@ -322,7 +330,7 @@ def test_resume_accepts_a_run_stored_before_a_field_existed(tmp_path):
     train(make_config(out, epochs=1))
     ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     del ckpt["config"]["drop_last"]
-    torch.save(ckpt, out / "checkpoint.pt")
+    store_as_old_run(ckpt, out)
     assert train(make_config(out, epochs=2, resume=True))["epochs_run"] == 2
     with pytest.raises(ConfigError, match="drop_last: stored False, given True"):
         train(make_config(out, epochs=3, resume=True, drop_last=True))
@@ -344,7 +352,7 @@ def test_run_stored_with_penalty_weight_resumes_bit_identically(tmp_path):
     train(make_config(old_out, epochs=1, penalty="so", penalty_beta=0.1))
     ckpt = torch.load(old_out / "checkpoint.pt", weights_only=True)
     ckpt["config"]["penalty_weight"] = ckpt["config"].pop("penalty_beta")
-    torch.save(ckpt, old_out / "checkpoint.pt")
+    store_as_old_run(ckpt, old_out)
     summary = json.loads((old_out / "summary.json").read_text())
     summary["config"]["penalty_weight"] = summary["config"].pop("penalty_beta")
     (old_out / "summary.json").write_text(json.dumps(summary))
@@ -418,6 +426,7 @@ def test_cli_flags_round_trip_to_the_config():
         patience=3,
         es_k=10,
         es_samples=300,
+        es_solver="pruning",
         val_fraction=0.1,
         es_restore=False,
         seed=5,
@@ -476,9 +485,12 @@ def test_parser_rejects_unknown_choices(capsys):
 
 
 def test_run_reports_a_bad_value_and_returns_2(tmp_path, capsys):
-    args = parser().parse_args(["--epochs", "0", "--out", str(tmp_path)])
-    assert train_cli.run(args) == 2
-    assert "convsim train: error: epochs must be >= 1" in capsys.readouterr().err
+    from convsim.cli import main
+
+    with pytest.raises(ConfigError, match="epochs must be >= 1"):  # train_cli.run raises; main reports it
+        train_cli.run(parser().parse_args(["--epochs", "0", "--out", str(tmp_path)]))
+    assert main(["train", "--epochs", "0", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "convsim train: error: epochs must be >= 1, got 0\n"
 
 
 def test_incompatible_model_and_dataset_is_a_config_error(tmp_path):
@@ -608,7 +620,7 @@ def scripted_errors(monkeypatch, script):
 
     calls = []
 
-    def fake(activations, labels, *, k=25, kernel="cosine"):
+    def fake(activations, labels, **nnk_options):
         calls.append(1)
         assert activations.shape[0] == labels.shape[0]
         return torch.tensor(script(len(calls)), dtype=torch.float64)
@@ -669,6 +681,32 @@ def test_cwnnk_with_the_real_loo_error_logs_every_channel(tmp_path):
     for r in records:
         assert len(r["es_errors"]) == len(r["es_patience"]) == len(r["es_frozen"]) == 4
         assert all(0.0 <= e <= 1.0 for e in r["es_errors"])
+
+
+def test_cwnnk_es_solver_reaches_the_nnk_and_is_recorded(tmp_path, monkeypatch):
+    """es_solver="pruning": the LOO errors are computed with the pruning solver, and the epoch
+    records and the summary name it with its tolerance; the default stays exact."""
+    import convsim.nnk
+
+    real, seen = convsim.nnk.channel_loo_error, []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["options"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(convsim.nnk, "channel_loo_error", spy)
+    summary = train(
+        make_config(tmp_path / "p", epochs=2, early_stop="cwnnk", es_samples=100, es_k=10, es_solver="pruning")
+    )
+    assert [(o.solver, o.pruning_tol, o.k, o.duplicates) for o in seen] == [("pruning", 1e-6, 10, "drop")] * 2
+    records = read_jsonl(tmp_path / "p" / "metrics.jsonl")
+    assert all(r["es_solver"] == "pruning" and r["es_pruning_tol"] == 1e-6 for r in records)
+    nnk = summary["early_stop"]["nnk"]
+    assert (nnk["solver"], nnk["pruning_tol"], nnk["k"]) == ("pruning", 1e-6, 10)
+    assert summary["config"]["es_solver"] == "pruning"
+    exact = train(make_config(tmp_path / "e", epochs=1, early_stop="cwnnk", es_samples=100, es_k=10))
+    assert exact["early_stop"]["nnk"]["solver"] == "exact" and "pruning_tol" not in exact["early_stop"]["nnk"]
+    assert read_jsonl(tmp_path / "e" / "metrics.jsonl")[0]["es_solver"] == "exact"
 
 
 def test_cwnnk_needs_more_samples_than_neighbours(tmp_path):

@@ -48,6 +48,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from convsim._internal.errors import UserError
 from convsim._internal.files import atomic_write
 
 __all__ = [
@@ -68,8 +69,9 @@ __all__ = [
 SPLITS = ("train", "test")
 
 
-class DatasetError(ValueError):
-    """A data file is truncated, corrupt, of the wrong format, or fails its checksum."""
+class DatasetError(UserError, ValueError):
+    """A data file is truncated, corrupt, of the wrong format, or fails its checksum (a user error: see
+    :class:`convsim._internal.errors.UserError`)."""
 
 
 class DatasetNotFoundError(DatasetError, FileNotFoundError):
@@ -559,8 +561,9 @@ def _not_found(name: str, split: str, root: str | os.PathLike | None) -> Dataset
         "and verify the published checksums"
     )
     return DatasetNotFoundError(
-        f"{name} ({split} split) not found: looked for {wanted} in\n{looked}\nWays to get it:\n"
-        + "\n".join(f"  - {w}" for w in ways)
+        f"{name} ({split} split) not found; get it in one of the ways listed below "
+        f"(on the command line: --download, or --data-dir DIR)\nLooked for {wanted} in\n{looked}\n"
+        "Ways to get it:\n" + "\n".join(f"  - {w}" for w in ways)
     )
 
 

@@ -19,9 +19,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kernel", choices=KERNELS, default="cosine", help="kernel (default cosine)")
     parser.add_argument(
         "--solver",
+        "--nnk-solver",
+        dest="solver",
         choices=SOLVERS,
         default="exact",
-        help="NNK solver: exact (active set) or pgd (projected gradient descent); default exact",
+        help="NNK solver: exact (active set, the optimum), pgd (projected gradient descent) or pruning "
+        "(the authors' released one-way solver, to compare with published numbers); default exact",
+    )
+    parser.add_argument(
+        "--pruning-tol",
+        type=float,
+        default=1e-6,
+        help="tolerance of --solver pruning (weight floor, stop rule, near-duplicate collapse; default 1e-6)",
     )
     parser.add_argument("--split", choices=("train", "test"), default="train", help="images from (default train)")
     parser.add_argument("--layers", default=None, help="comma-separated module names (default: every conv layer)")
@@ -40,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         k=args.k,
         kernel=args.kernel,
         solver=args.solver,
+        pruning_tol=args.pruning_tol,
         split=args.split,
         layers=layers,
         seed=args.seed,

@@ -9,9 +9,9 @@ overlap section comes from ``DIR/overlap/cache.json`` when it matches the runs.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from convsim._internal.errors import UserError
 from convsim.reporting.runs import read_json
 from convsim.reporting.suites import SUITES, report_suite
 
@@ -21,19 +21,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="output folder (default: DIR)")
 
 
-def _error(message: str) -> int:
-    print(f"convsim report: error: {message}", file=sys.stderr)
-    return 2
-
-
 def run(args: argparse.Namespace) -> int:
     source = Path(args.dir)
     if not (source / "runs").is_dir():
-        return _error(f"{source} has no runs/ folder; expected a folder written by `convsim reproduce --out DIR`")
+        raise UserError(f"{source} has no runs/ folder; expected a folder written by `convsim reproduce --out DIR`")
     stored = read_json(source / "suite.json")
     found = stored.get("suite") if isinstance(stored, dict) else None  # suite.json may hold any JSON value
     if not isinstance(found, str) or found not in SUITES:
-        return _error(
+        raise UserError(
             f"{source / 'suite.json'} is missing or names no known suite (found {found!r}; "
             f"known: {', '.join(sorted(SUITES))})"
         )

@@ -7,6 +7,7 @@ import re
 import sys
 from pathlib import Path
 
+from convsim._internal.errors import UserError
 from convsim.reporting.suites import SUITES, reproduce, run_status
 
 
@@ -24,9 +25,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    try:
+        pattern = re.compile(args.only) if args.only else None
+    except re.error as e:
+        raise UserError(f"--only {args.only!r} is not a regular expression ({e}); e.g. --only '^cnn1-w1-'") from e
     if args.list:
         runs_dir = Path(args.out) / "runs"
-        pattern = re.compile(args.only) if args.only else None
         for s in SUITES[args.suite]:
             if pattern is None or pattern.search(s.name):
                 print(f"{s.name:48s} {run_status(runs_dir / s.name):12s} {','.join(s.studies)}")

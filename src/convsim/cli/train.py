@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from convsim import data as _data
 from convsim.training import distributed
 from convsim.training.checkpoint import stored_config
-from convsim.training.config import ConfigError, TrainConfig, add_arguments, config_from_args
+from convsim.training.config import TrainConfig, add_arguments, config_from_args
 from convsim.training.loop import train
 
 __all__ = ["add_arguments", "run"]
@@ -17,17 +16,15 @@ __all__ = ["add_arguments", "run"]
 def run(args: argparse.Namespace) -> int:
     """``convsim train``: build the config (with ``--resume``, the stored run's config plus the flags given), train.
 
-    Returns 0 on success, 2 for an invalid configuration or missing data (message on stderr),
-    130 when interrupted (Ctrl-C; the last checkpoint is intact).
+    Returns 0 on success, 130 when interrupted (Ctrl-C; the last checkpoint is intact). User
+    errors (an invalid configuration, missing data, unusable checkpoints, a full disk) are raised
+    for :func:`convsim.cli.main` to report (one line, status 2).
     """
     out = getattr(args, "out", TrainConfig.out)
     try:
         base = stored_config(out) if getattr(args, "resume", False) else None
         config = config_from_args(args, base)
         summary = train(config)
-    except (ConfigError, _data.DatasetError) as e:
-        print(f"convsim train: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         if distributed.detect().is_main:
             print(f"\nconvsim train: interrupted; continue with --resume --out {out}", file=sys.stderr)

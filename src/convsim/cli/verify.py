@@ -12,6 +12,7 @@ import time
 import torch
 
 from convsim import theory
+from convsim._internal.errors import UserError
 from convsim._internal.files import atomic_write_json
 
 TOLERANCE = 1e-8
@@ -90,7 +91,7 @@ def _fmt(v: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     if args.seeds < 1 or args.steps < 0:
-        raise SystemExit("convsim verify: --seeds must be >= 1 and --steps >= 0")
+        raise UserError(f"--seeds must be >= 1 and --steps >= 0 (got --seeds {args.seeds} --steps {args.steps})")
     # Every op here is tiny: intra-op threads only add synchronisation, which on a busy machine
     # made the toy 10-40x slower. Restored afterwards (run() may be called in-process).
     threads = torch.get_num_threads()

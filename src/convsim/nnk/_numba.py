@@ -21,6 +21,10 @@ by Lawson--Hanson on the Gram form, one system at a time, with the Cholesky fact
 result gets one step of iterative refinement and its KKT violation is measured. The batch is split
 over threads with ``prange``. :func:`solve_batch` is the entry point; callers fall back to the
 torch solver for systems whose status is not 0.
+
+:func:`pruning_batch` runs the released one-way pruning solver (``solver="pruning"``, rules in
+:func:`convsim.nnk.solvers.pruning`) one system at a time: each round is one Cholesky of the kept
+block, :math:`O(|F|^3)`, where the batched torch path factors a full k x k matrix per system.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["solve_batch", "smallest_k", "kernel_systems", "OK", "MAX_ITER", "KKT"]
+__all__ = ["solve_batch", "pruning_batch", "smallest_k", "kernel_systems", "OK", "MAX_ITER", "KKT"]
 
 OK, MAX_ITER, KKT = 0, 1, 2  # status codes
 
@@ -498,3 +502,198 @@ def kernel_systems(
             raise ValueError(f"idx must index the {U.shape[0]} rows of U")
         _run_parallel(threads, S, lambda nchunks: _systems_all(U, V, Vq, idx, clamp, nchunks, m, M))
     return m, M
+
+
+# ------------------------------------------------------------------ released one-way pruning solver
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _factor_shifted(A, idx, p, shift, floor, L, dinv):
+    """Cholesky of A[idx[:p], idx[:p]] + shift I into L; False if a squared pivot is <= floor."""
+    for r in range(p):
+        ir = idx[r]
+        for c in range(r + 1):
+            s = A[ir, idx[c]]
+            for t in range(c):
+                s -= L[r, t] * L[c, t]
+            if r == c:
+                s += shift
+                if not s > floor:
+                    return False
+                L[r, r] = np.sqrt(s)
+                dinv[r] = 1.0 / L[r, r]
+            else:
+                L[r, c] = s * dinv[c]
+    return True
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _pruning_round(A, b, tol, tries, floor, L, dinv, idx, F, x, y):
+    """One round: solve on F (shifted when singular), x = 0 off F. Returns (check, shift)."""
+    k = b.shape[0]
+    p = 0
+    for j in range(k):
+        if F[j]:
+            idx[p] = j
+            p += 1
+    shift = 0.0
+    if not _factor_shifted(A, idx, p, 0.0, floor, L, dinv):
+        shift = tol if tol > floor else floor
+        ok = False
+        for _ in range(tries):
+            if _factor_shifted(A, idx, p, shift, floor, L, dinv):
+                ok = True
+                break
+            shift *= 10.0
+        if not ok:  # not finite: solve nothing rather than return NaN
+            shift = np.inf
+            p = 0
+            for j in range(k):
+                F[j] = False
+    for r in range(p):
+        y[r] = b[idx[r]]
+    _forward(L, dinv, p, y)
+    _backward(L, dinv, p, y)
+    for j in range(k):
+        x[j] = 0.0
+    for r in range(p):
+        x[idx[r]] = y[r]
+    check = 0.0
+    for j in range(k):
+        if x[j] < tol and abs(x[j]) > check:
+            check = abs(x[j])
+        F[j] = F[j] and x[j] > tol
+    return check, shift
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _pruning_one(A, b, tol, max_iter, tries, theta, L, M, dinv, idx, F, x, y, nrm, w):
+    """The released pruning loop for one system (see convsim.nnk.solvers.pruning); writes theta.
+
+    Returns (converged, rounds, jitter, pivot, kkt).
+    """
+    k = b.shape[0]
+    dmax = 1.0
+    for j in range(k):
+        if A[j, j] > dmax:
+            dmax = A[j, j]
+    floor = k * 2.220446049250313e-16 * dmax
+    collapse = False
+    for j in range(k):
+        if b[j] > 1.0 - tol:
+            collapse = True
+    converged = collapse
+    rounds = 0
+    jitter = 0.0
+    if collapse:
+        for j in range(k):
+            x[j] = b[j] if b[j] > 1.0 - tol else 0.0
+    else:
+        for j in range(k):
+            F[j] = b[j] > tol
+            x[j] = b[j]  # the initial iterate (what max_iter = 0 returns)
+        while rounds < max_iter:
+            rounds += 1
+            check, shift = _pruning_round(A, b, tol, tries, floor, L, dinv, idx, F, x, y)
+            if shift > jitter:
+                jitter = shift
+            if check <= tol:
+                converged = True
+                break
+    p = 0
+    for j in range(k):
+        theta[j] = 0.0 if x[j] < tol else x[j]
+        if theta[j] > 0.0:
+            idx[p] = j
+            p += 1
+    # KKT violation: |g| on the support, (-g)^+ off it, g = A theta - b
+    kkt = 0.0
+    _gradient(A, b, theta, idx, p, w)  # theta is supported on idx[:p]
+    for i in range(k):
+        g = -w[i]
+        e = abs(g) if theta[i] > 0.0 else (-g if g < 0.0 else 0.0)
+        if e > kkt:
+            kkt = e
+    if p == 0:
+        pivot = np.inf
+    elif _factor_shifted(A, idx, p, 0.0, 0.0, L, dinv):
+        pivot = _min_pivot(L, dinv, p, M, nrm)
+    else:
+        pivot = 0.0
+    return converged, rounds, jitter, pivot, kkt
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _pruning_all(A, b, tol, max_iter, tries, nchunks, theta, converged, rounds, jitter, pivot, kkt):
+    B, k = b.shape
+    step = (B + nchunks - 1) // nchunks
+    for c in prange(nchunks):  # scratch is allocated once per chunk, not per system
+        L = np.zeros((k + 1, k + 1))
+        M = np.zeros((k + 1, k + 1))
+        dinv = np.zeros(k + 1)
+        idx = np.zeros(k + 1, np.int64)
+        F = np.zeros(k, np.bool_)
+        x = np.zeros(k)
+        y = np.zeros(k + 1)
+        nrm = np.zeros(k + 1)
+        w = np.zeros(k)
+        for s in range(c * step, min(B, (c + 1) * step)):
+            cv, n, jt, pv, kt = _pruning_one(
+                A[s], b[s], tol, max_iter, tries, theta[s], L, M, dinv, idx, F, x, y, nrm, w
+            )
+            converged[s] = cv
+            rounds[s] = n
+            jitter[s] = jt
+            pivot[s] = pv
+            kkt[s] = kt
+
+
+def pruning_batch(
+    A: np.ndarray,
+    b: np.ndarray,
+    *,
+    tol: float = 1e-6,
+    max_iter: int | None = None,
+    tries: int = 16,
+    threads: int | None = None,
+):
+    r"""The released one-way pruning solver for a batch, one system per loop (rules of
+    :func:`convsim.nnk.solvers.pruning`, which calls this for float64 CPU tensors).
+
+    Args:
+        A: (B, k, k) float64 symmetric positive (semi-)definite matrices.
+        b: (B, k) float64 right-hand sides (the initial iterate).
+        tol: the released ``x_tol`` (= ``eps_low`` = ``eps_high`` = ``check_tol``).
+        max_iter: round limit (default ``50 * k``).
+        tries: shifts tried on a singular round: ``max(tol, floor)`` times 1, 10, 100, ...
+        threads: worker threads (``None``: numba's default, the number of cores).
+
+    Returns:
+        ``(theta (B, k), converged (B,) bool, rounds (B,) int64, jitter (B,), pivot (B,), kkt (B,))``.
+
+    Example:
+        >>> A = np.array([[[1.0, 0.9], [0.9, 1.0]]]); b = np.array([[0.8, 0.5]])
+        >>> pruning_batch(A, b)[0]
+        array([[0.8, 0. ]])
+    """
+    A = np.ascontiguousarray(A, dtype=np.float64)
+    b = np.ascontiguousarray(b, dtype=np.float64)
+    if A.ndim != 3 or A.shape[1] != A.shape[2] or b.shape != A.shape[:2]:
+        raise ValueError(f"expected A (B, k, k) and b (B, k), got {A.shape} and {b.shape}")
+    B, k = b.shape
+    max_iter = 50 * k if max_iter is None else int(max_iter)
+    theta = np.zeros((B, k))
+    converged = np.zeros(B, np.bool_)
+    rounds = np.zeros(B, np.int64)
+    jitter = np.zeros(B)
+    pivot = np.full(B, np.inf)
+    kkt = np.zeros(B)
+    if B:
+        _run_parallel(
+            threads,
+            B,
+            lambda nchunks: _pruning_all(
+                A, b, float(tol), max_iter, int(tries), nchunks, theta, converged, rounds, jitter, pivot, kkt
+            ),
+        )
+    return theta, converged, rounds, jitter, pivot, kkt

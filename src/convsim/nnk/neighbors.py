@@ -29,6 +29,14 @@ Conventions for degenerate data (flags, never NaN):
   candidates that coincide in kernel space share the weight the jitter assigns them. Flag
   ``ill_conditioned`` when some neighbour lies within :math:`10^{-3}` (squared distance
   :math:`10^{-6}`) of the span of the others in kernel space.
+
+With ``solver="pruning"`` (the released one-way solver, :func:`~convsim.nnk.solvers.pruning`) the
+candidates left after the duplicate policy go to the released algorithm unchanged: its own
+near-duplicate collapse (some :math:`K_{ij} > 1-` ``pruning_tol``: those candidates keep
+:math:`K_{ij}`, the others 0), its weight floor ``pruning_tol``, and an explicit extra jitter for a
+round whose kept block is still numerically singular. Exact duplicates under ``"keep"`` then
+share the weight equally as for every solver (the released code gives each about 1; the counts
+and the normalised weights are the same).
 """
 
 from __future__ import annotations
@@ -324,9 +332,13 @@ def _block_systems(
 def _solver_plan(options: NNKOptions, device: torch.device, torch_threads: int) -> tuple[dict[str, Any], int]:
     """Keyword arguments of the solver and the smallest batch of systems worth one solve."""
     kwargs = dict(options.solver_options or {})
-    # The compiled solver splits the batch over its own workers in chunks handed out one at a
-    # time, so it uses every thread torch may use; ``threads`` is for the small torch operations.
-    compiled = options.solver == "exact" and uses_compiled_solver(device, options.dtype, kwargs.get("engine", "auto"))
+    if options.solver == "pruning":
+        kwargs["tol"] = options.pruning_tol
+    # The compiled solvers split the batch over their own workers in chunks handed out one at a
+    # time, so they use every thread torch may use; ``threads`` is for the small torch operations.
+    compiled = options.solver in ("exact", "pruning") and uses_compiled_solver(
+        device, options.dtype, kwargs.get("engine", "auto")
+    )
     kwargs.setdefault("threads", torch_threads if compiled else options.threads)
     # systems per batched solve: large enough to amortise the solver's per-iteration overhead,
     # small enough that the (k+1)^2 tableaux (about 24 MB) stay in a CPU's last-level cache
@@ -514,7 +526,8 @@ def nnk_neighbors(
         options: the NNK settings, an :class:`~convsim.nnk.options.NNKOptions` (default
             ``NNKOptions()``: k = 25, cosine kernel, exact solver, duplicates kept).
         **overrides: any field of :class:`~convsim.nnk.options.NNKOptions` as a keyword
-            (``k``, ``kernel``, ``sigma``, ``solver`` (``"exact"`` or ``"pgd"``), ``threshold``,
+            (``k``, ``kernel``, ``sigma``, ``solver`` (``"exact"``, ``"pgd"`` or ``"pruning"``),
+            ``pruning_tol``, ``threshold``,
             ``jitter``, ``duplicates``, ``dup_tol``, ``search`` (the k-NN search), ``max_elements``,
             ``dtype``, ``threads``, ``solver_options``), applied on top of ``options``. ``k`` needs
             ``k < n`` (``k <= n`` with ``queries``).

@@ -9,9 +9,10 @@ keywords given next to ``options`` override its fields. Three names select three
 * ``search``: the k-nearest-neighbour search that finds the candidates (``"auto"``, ``"torch"``,
   ``"faiss"``, ``"kdtree"``; :data:`~convsim.nnk.search.SEARCHES`).
 * ``solver``: the algorithm for the non-negative quadratic program, ``"exact"`` (Lawson--Hanson
-  active set) or ``"pgd"`` (projected gradient descent; :data:`~convsim.nnk.solvers.SOLVERS`).
-* ``solver_options["engine"]``: how the exact solver runs, ``"auto"``, ``"torch"`` (batched tensor
-  operations) or ``"numba"`` (the compiled solver of the ``fast`` extra;
+  active set), ``"pgd"`` (projected gradient descent) or ``"pruning"`` (the authors' released
+  one-way pruning solver, tolerance ``pruning_tol``; :data:`~convsim.nnk.solvers.SOLVERS`).
+* ``solver_options["engine"]``: how the exact and pruning solvers run, ``"auto"``, ``"torch"``
+  (batched tensor operations) or ``"numba"`` (the compiled solvers of the ``fast`` extra;
   :data:`~convsim.nnk.solvers.ENGINES`).
 """
 
@@ -27,13 +28,15 @@ from typing import Any, TypeGuard
 import torch
 
 from convsim.nnk.search import SEARCHES, faiss_available
-from convsim.nnk.solvers import ENGINES, SOLVERS, active_set, projected_gradient
+from convsim.nnk.solvers import ENGINES, SOLVERS, active_set, projected_gradient, pruning
 
 __all__ = ["NNKOptions", "resolve_options", "KERNELS", "DUPLICATES"]
 
 KERNELS = ("cosine", "gaussian")
 DUPLICATES = ("keep", "drop")
-_SOLVER_FUNCTIONS: dict[str, Callable[..., Any]] = {"exact": active_set, "pgd": projected_gradient}
+_SOLVER_FUNCTIONS: dict[str, Callable[..., Any]] = {"exact": active_set, "pgd": projected_gradient, "pruning": pruning}
+# solver keywords that NNKOptions sets from its own fields: name -> field
+_OWN_SOLVER_OPTIONS = {"pruning": {"tol": "pruning_tol"}}
 # names of earlier versions, for the error message of a stale call
 _RENAMED = {"backend": "search"}
 _RENAMED_SOLVERS = {"fast": "pgd"}
@@ -50,8 +53,15 @@ class NNKOptions:
         sigma: Gaussian bandwidth (a number > 0); ``None`` = per query, the distance to its k-th
             candidate / 3. Only for ``kernel="gaussian"``.
         solver: ``"exact"`` (batched Lawson--Hanson active set,
-            :func:`~convsim.nnk.solvers.active_set`) or ``"pgd"`` (batched projected gradient
-            descent, :func:`~convsim.nnk.solvers.projected_gradient`, weights below 1e-6 zeroed).
+            :func:`~convsim.nnk.solvers.active_set`; the true optimum), ``"pgd"`` (batched
+            projected gradient descent, :func:`~convsim.nnk.solvers.projected_gradient`, weights
+            below 1e-6 zeroed) or ``"pruning"`` (the one-way pruning solver of the authors'
+            released code, :func:`~convsim.nnk.solvers.pruning`: reproduces published numbers,
+            can miss the optimum).
+        pruning_tol: the pruning solver's tolerance (a number in [0, 1); default 1e-6, PyNNK's;
+            the weight threshold of DeepNNK and CW-DeepNNK is 1e-10): its weight floor, stop rule
+            and near-duplicate collapse (:math:`K_{ij} > 1-` ``pruning_tol``).
+            Only used by ``solver="pruning"`` (and recorded by :meth:`summary` only then).
         threshold: weights at or below it (a number >= 0) are set to 0 and not counted.
         jitter: :math:`\delta` >= 0, added to the diagonal of :math:`K_{S,S}` for the solve.
         duplicates: ``"keep"`` or ``"drop"`` candidates with :math:`K_{ij}\ge1-` ``dup_tol``
@@ -70,7 +80,9 @@ class NNKOptions:
         solver_options: extra keywords of the solver function (``"exact"``:
             :func:`~convsim.nnk.solvers.active_set`, e.g. ``{"engine": "torch", "kkt_tol": 1e-9}``;
             ``"pgd"``: :func:`~convsim.nnk.solvers.projected_gradient`, e.g.
-            ``{"max_iter": 20000}``). A copy of the mapping is kept (``{}`` for ``None``).
+            ``{"max_iter": 20000}``; ``"pruning"``: :func:`~convsim.nnk.solvers.pruning`, e.g.
+            ``{"engine": "torch"}``, its ``tol`` being ``pruning_tol``). A copy of the mapping is
+            kept (``{}`` for ``None``).
 
     Example:
         >>> NNKOptions(k=10, kernel="gaussian").sigma is None
@@ -85,6 +97,7 @@ class NNKOptions:
     kernel: str = "cosine"
     sigma: float | None = None
     solver: str = "exact"
+    pruning_tol: float = 1e-6
     threshold: float = 1e-10
     jitter: float = 1e-8
     duplicates: str = "keep"
@@ -107,6 +120,7 @@ class NNKOptions:
             if not _is_number(self.sigma) or not float(self.sigma) > 0:
                 raise ValueError(f"sigma must be a positive number or None (per-query rule), got {self.sigma!r}")
         _check_choice("solver", self.solver, SOLVERS, _RENAMED_SOLVERS)
+        _check_number("pruning_tol", self.pruning_tol, "a number in [0, 1)", lambda v: 0 <= v < 1)
         _check_number("threshold", self.threshold, "a number >= 0", lambda v: v >= 0)
         _check_number("jitter", self.jitter, "a number >= 0", lambda v: v >= 0)
         _check_choice("duplicates", self.duplicates, DUPLICATES)
@@ -122,17 +136,18 @@ class NNKOptions:
         object.__setattr__(self, "solver_options", _checked_solver_options(self.solver, self.solver_options))
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready settings that determine the results (not ``threads`` or ``solver_options``).
+        """JSON-ready settings that determine the results (not ``threads`` or ``solver_options``;
+        ``pruning_tol`` only with ``solver="pruning"``, the one solver that uses it).
 
         Example:
             >>> NNKOptions(k=5).summary()["dtype"]
             'torch.float64'
+            >>> s = NNKOptions(solver="pruning").summary()
+            >>> s["solver"], s["pruning_tol"]
+            ('pruning', 1e-06)
         """
-        out = {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name not in ("threads", "solver_options")
-        }
+        skip = {"threads", "solver_options"} | ({"pruning_tol"} if self.solver != "pruning" else set())
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
         out["dtype"] = str(self.dtype)
         return out
 
@@ -170,8 +185,15 @@ def _checked_solver_options(solver: str, options: Mapping[str, Any] | None) -> d
     if not isinstance(options, Mapping):
         raise TypeError(f"solver_options must be a mapping of keyword arguments or None, got {type(options).__name__}")
     fn = _SOLVER_FUNCTIONS[solver]
-    allowed = tuple(p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY)
+    own = _OWN_SOLVER_OPTIONS.get(solver, {})
+    allowed = tuple(
+        p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY and p.name not in own
+    )
     for key in options:
+        if key in own:
+            raise ValueError(
+                f"solver_options[{key!r}] of solver={solver!r} is the option {own[key]}=; set that instead"
+            )
         if key not in allowed:
             new = _RENAMED_SOLVER_OPTIONS.get(key)
             hint = f" (solver_options[{key!r}] is now solver_options[{new!r}])" if new in allowed else ""
@@ -199,9 +221,9 @@ def resolve_options(
 
     Example:
         >>> resolve_options(NNKOptions(k=10), {"kernel": "gaussian"}, "f")
-        NNKOptions(k=10, kernel='gaussian', sigma=None, solver='exact', threshold=1e-10, jitter=1e-08, \
-duplicates='keep', dup_tol=1e-09, search='auto', max_elements=16777216, dtype=torch.float64, threads=1, \
-solver_options={})
+        NNKOptions(k=10, kernel='gaussian', sigma=None, solver='exact', pruning_tol=1e-06, threshold=1e-10, \
+jitter=1e-08, duplicates='keep', dup_tol=1e-09, search='auto', max_elements=16777216, dtype=torch.float64, \
+threads=1, solver_options={})
     """
     for name in overrides:
         if name not in FIELDS:

@@ -26,13 +26,18 @@ the NNK problem; with :math:`A = LL^\top` it is the NNLS problem
   with :math:`\eta = 1/\hat\lambda`, :math:`\hat\lambda\ge\lambda_{\max}(A)` per system, Nesterov
   momentum with adaptive restart (``accelerated=True``), a per-system stopping tolerance, and
   weights below ``threshold`` set to zero. Matrix products only, so it suits GPUs.
+* :func:`pruning` (``solver="pruning"``): the one-way pruning solver of the authors' released
+  code (spec §1.9(b)): from :math:`x=b`, Cholesky solves on a keep set that only shrinks, a
+  near-duplicate collapse and a final threshold. Batched Cholesky in torch (any device), or a
+  compiled per-system loop with numba; it can miss the optimum, which :func:`active_set` finds.
 
-Both work in the dtype and on the device of ``A`` and process the batch in chunks of
+All work in the dtype and on the device of ``A`` and process the batch in chunks of
 ``batch_size`` systems so memory stays bounded. On CPU, when ``numba`` is installed (the ``fast``
-extra) and not switched off (:func:`use_compiled`), :func:`active_set` uses the compiled
-per-system solver of :mod:`convsim.nnk._numba` (``engine="auto"``; ``engine`` names how the
-exact solver runs, :data:`ENGINES`); systems it does not settle (iteration limit, KKT violation
-above ``kkt_tol``) are re-solved by the torch path.
+extra) and not switched off (:func:`use_compiled`), :func:`active_set` and :func:`pruning` use
+the compiled per-system solvers of :mod:`convsim.nnk._numba` (``engine="auto"``; ``engine``
+names how they run, :data:`ENGINES`; measured 5-21x faster than their torch paths on CPU,
+``benchmarks/bench_nnk_solvers.py``); systems the compiled exact solver does not settle
+(iteration limit, KKT violation above ``kkt_tol``) are re-solved by the torch path.
 """
 
 from __future__ import annotations
@@ -50,18 +55,20 @@ __all__ = [
     "SolveResult",
     "active_set",
     "projected_gradient",
+    "pruning",
     "solve",
     "objective",
     "numba_available",
     "use_compiled",
     "uses_compiled_solver",
+    "uses_compiled_pruning",
     "compiled_kernels",
     "SOLVERS",
     "ENGINES",
 ]
 
-SOLVERS = ("exact", "pgd")  # exact active set; projected gradient descent
-ENGINES = ("auto", "torch", "numba")  # how the exact solver runs (active_set's ``engine``)
+SOLVERS = ("exact", "pgd", "pruning")  # exact active set; projected gradient descent; released one-way pruning
+ENGINES = ("auto", "torch", "numba")  # how the exact and pruning solvers run (their ``engine``)
 _NUMBA: list[ModuleType | None] = []  # the imported convsim.nnk._numba module, or None, once looked up
 _COMPILED_ON = [os.environ.get("CONVSIM_NUMBA", "1") != "0"]  # a stack: compiled_kernels() nests
 
@@ -138,7 +145,9 @@ class SolveResult:
         pivot: (B,) smallest :math:`1/(A_{PP}^{-1})_{pp}` over the support :math:`P` (the squared
             distance of a neighbour from the span of the others, in kernel space); ``inf`` for an
             empty support. Small values mean an ill-conditioned support.
-        iterations: (B,) iterations used.
+        iterations: (B,) iterations used (rounds for :func:`pruning`).
+        jitter: (B,) diagonal shift :func:`pruning` added to factor numerically singular systems
+            (0 when none); ``None`` for the other solvers.
     """
 
     theta: torch.Tensor
@@ -146,6 +155,7 @@ class SolveResult:
     kkt: torch.Tensor
     pivot: torch.Tensor
     iterations: torch.Tensor
+    jitter: torch.Tensor | None = None
 
 
 @contextmanager
@@ -705,8 +715,237 @@ def _pg_chunk(
     return SolveResult(theta, done, kkt, pivot, iters)
 
 
+# ------------------------------------------------------------------------- released pruning solver
+
+PRUNING_JITTER_TRIES = 16  # shifts tol, 10 tol, ..., 10^15 tol (or from eps when tol = 0)
+
+
+def uses_compiled_pruning(device: torch.device, dtype: torch.dtype, engine: str = "auto") -> bool:
+    """Whether :func:`pruning` with this ``engine`` runs the compiled (numba) loop: ``"numba"``
+    always, ``"auto"`` for float64 CPU tensors when :func:`use_compiled`.
+
+    Example:
+        >>> uses_compiled_pruning(torch.device("cpu"), torch.float32)
+        False
+    """
+    return uses_compiled_solver(device, dtype, engine)
+
+
+def pruning(
+    A: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    max_iter: int | None = None,
+    tol: float = 1e-6,
+    batch_size: int = 4096,
+    threads: int | None = 1,
+    engine: str = "auto",
+) -> SolveResult:
+    r"""The released one-way pruning solver of PyNNK, DeepNNK and CW-DeepNNK (spec §1.9(b)), batched.
+
+    For every system, with ``tol`` as the released code's ``x_tol = eps_low = eps_high = check_tol``:
+
+    1. **Collapse**: if some :math:`b_j > 1-` ``tol`` (a near-duplicate candidate), return
+       :math:`b` with every entry not above :math:`1-` ``tol`` set to 0 (all such candidates keep
+       their :math:`b_j\approx1`, so m of them reconstruct the query with error about
+       :math:`(m-1)^2`, as released).
+    2. Start from :math:`x = b`; keep set :math:`F=\{j: b_j >` ``tol``:math:`\}`.
+    3. Each round: :math:`x_F = A_{FF}^{-1} b_F` by Cholesky, :math:`x = 0` off :math:`F`;
+       ``check`` = the largest :math:`|x_j|` among the entries :math:`x_j <` ``tol``;
+       :math:`F \leftarrow F\cap\{j: x_j >` ``tol``:math:`\}` (variables are only ever removed);
+       stop when ``check`` :math:`\le` ``tol`` or after ``max_iter`` rounds (default
+       :math:`50k`, the released limit).
+    4. Set :math:`x_j = 0` where :math:`x_j <` ``tol``.
+
+    Because a dropped variable never comes back, the result can miss the NNLS optimum
+    (:func:`active_set`); it is the optimum whenever the first unconstrained solution
+    :math:`A^{-1}b` is already above ``tol`` everywhere.
+
+    **Jitter.** A round whose :math:`A_{FF}` is not numerically positive definite (Cholesky fails,
+    or a squared pivot is at most :math:`k\,\varepsilon\max_j A_{jj}`, e.g. duplicate candidates or
+    more candidates than the feature dimension + 1 with no jitter in ``A``) is factored again with
+    :math:`A_{FF}+\delta I`, :math:`\delta = \max(` ``tol`` :math:`,\,k\varepsilon\max_j A_{jj})`
+    times 1, 10, 100, ... until it succeeds (the released code adds ``tol`` to a partial factor
+    instead). The largest
+    :math:`\delta` a system needed is in ``SolveResult.jitter``; no result is NaN.
+
+    Args:
+        A: (B, k, k) symmetric positive semi-definite matrices (:math:`K_{S,S}`; float64
+            recommended).
+        b: (B, k) right-hand sides (:math:`K_{S,i}`, the initial iterate).
+        max_iter: round limit per system (default ``50 * k``).
+        tol: the tolerance above, a number in [0, 1) (default 1e-6, PyNNK's).
+        batch_size: systems per chunk (bounds memory at a few ``batch_size * k**2`` floats).
+        threads: intra-op CPU threads while solving (see :func:`cpu_threads`); with numba, its
+            worker threads (``None`` = one per core).
+        engine: ``"torch"`` (batched Cholesky, any device), ``"numba"`` (compiled per-system loop,
+            CPU, float64 internally) or ``"auto"`` (numba for float64 CPU tensors when it imports).
+
+    Returns:
+        :class:`SolveResult`; ``converged`` is False for systems stopped by ``max_iter``, ``kkt``
+        the KKT violation of the returned weights (not 0 where pruning missed the optimum),
+        ``pivot`` as for :func:`active_set` on the returned support, ``iterations`` the rounds (0
+        for a collapse) and ``jitter`` the :math:`\delta` added (0 when none).
+
+    Example:
+        >>> A = torch.tensor([[[1.0, 0.9], [0.9, 1.0]]], dtype=torch.float64)
+        >>> b = torch.tensor([[0.8, 0.5]], dtype=torch.float64)
+        >>> pruning(A, b).theta  # x = A^{-1} b has a negative entry: drop it, re-solve on the rest
+        tensor([[0.8000, 0.0000]], dtype=torch.float64)
+    """
+    _check(A, b)
+    B, k = b.shape
+    max_iter = 50 * k if max_iter is None else int(max_iter)
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= float(tol) < 1:
+        raise ValueError(f"tol must be a number in [0, 1), got {tol!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine == "numba":
+        if A.device.type != "cpu":
+            raise ValueError(f"engine='numba' solves CPU tensors only, got device {A.device}")
+        if not numba_available():
+            raise ImportError("engine='numba' needs numba (pip install 'convsim[fast]')")
+    if uses_compiled_pruning(A.device, A.dtype, engine) and B:
+        return _pruning_numba(A, b, float(tol), max_iter, threads)
+    with cpu_threads(threads, A.device):
+        outs = [
+            _pruning_chunk(A[s : s + batch_size], b[s : s + batch_size], float(tol), max_iter)
+            for s in range(0, B, batch_size)
+        ]
+    names = ("theta", "converged", "kkt", "pivot", "iterations", "jitter")
+    if not outs:
+        z = b.new_zeros(0)
+        return SolveResult(b.new_zeros(0, k), z.bool(), z, z, z.long(), z)
+    return SolveResult(*(torch.cat([getattr(o, f) for o in outs]) for f in names))
+
+
+def _singular_floor(A: torch.Tensor) -> torch.Tensor:
+    """(m,) squared Cholesky pivots at or below this are treated as zero: k eps max_j A_jj."""
+    k = A.shape[-1]
+    return k * torch.finfo(A.dtype).eps * A.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(1.0)
+
+
+def _pruning_factor(
+    A: torch.Tensor, F: torch.Tensor, tol: float, floor: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Cholesky factors of :math:`A_{FF}` (identity off F) and the shift :math:`\delta` each needed.
+
+    Systems whose factor fails, or has a squared pivot at or below ``floor``, are factored again
+    with :math:`A_{FF}+\delta I`, :math:`\delta` = ``tol`` (or ``floor`` when ``tol`` is smaller)
+    times 1, 10, 100, ... (:data:`PRUNING_JITTER_TRIES` tries). A system that never factors (a
+    non-finite ``A``) keeps nothing: its F is cleared and its shift is ``inf``.
+    """
+    Ff = F.to(A.dtype)
+    M = A * Ff.unsqueeze(2) * Ff.unsqueeze(1)
+    M.diagonal(dim1=-2, dim2=-1).add_(1 - Ff)
+    L, info = torch.linalg.cholesky_ex(M)
+    delta = torch.zeros(A.shape[0], dtype=A.dtype, device=A.device)
+
+    def bad(L_: torch.Tensor, info_: torch.Tensor, fl: torch.Tensor) -> torch.Tensor:
+        return (info_ != 0) | ~((L_.diagonal(dim1=-2, dim2=-1) ** 2).amin(-1) > fl)
+
+    rows = torch.nonzero(bad(L, info, floor)).squeeze(1)
+    if not rows.numel():
+        return L, delta
+    Mr, Fr, fr = M[rows], Ff[rows], floor[rows]
+    shift = torch.clamp_min(fr, tol)
+    for _ in range(PRUNING_JITTER_TRIES):
+        Ms = Mr.clone()
+        Ms.diagonal(dim1=-2, dim2=-1).add_(shift.unsqueeze(1) * Fr)
+        Lr, ir = torch.linalg.cholesky_ex(Ms)
+        ok = ~bad(Lr, ir, fr)
+        L[rows[ok]] = Lr[ok]
+        delta[rows[ok]] = shift[ok]
+        keep = ~ok
+        if not bool(keep.any()):
+            break
+        rows, Mr, Fr, fr, shift = rows[keep], Mr[keep], Fr[keep], fr[keep], shift[keep] * 10
+    else:
+        L[rows] = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+        F[rows] = False
+        delta[rows] = float("inf")
+    return L, delta
+
+
+def _pruning_chunk(A: torch.Tensor, b: torch.Tensor, tol: float, max_iter: int) -> SolveResult:
+    """:func:`pruning` on one chunk with batched Cholesky factorisations (torch path)."""
+    m, k = b.shape
+    dev, dt = A.device, A.dtype
+    collapse = (b > 1 - tol).any(1)
+    # collapse rows: b on the near-duplicates, 0 elsewhere; the others start from x = b
+    theta = torch.where(collapse.unsqueeze(1) & (b <= 1 - tol), torch.zeros_like(b), b)
+    converged = collapse.clone()
+    rounds = torch.zeros(m, dtype=torch.long, device=dev)
+    jitter = torch.zeros(m, dtype=dt, device=dev)
+    ids = torch.nonzero(~collapse).squeeze(1)
+    Aw, bw = A[ids], b[ids]
+    Fw = bw > tol
+    floor = _singular_floor(Aw)
+    for it in range(1, max_iter + 1):
+        if not ids.numel():
+            break
+        L, delta = _pruning_factor(Aw, Fw, tol, floor)
+        Ff = Fw.to(dt)
+        x = torch.cholesky_solve((bw * Ff).unsqueeze(-1), L).squeeze(-1) * Ff
+        check = torch.where(x < tol, x.abs(), torch.zeros_like(x)).amax(1) if k else x.new_zeros(x.shape[0])
+        Fw = Fw & (x > tol)
+        theta[ids] = x
+        rounds[ids] = it
+        jitter[ids] = torch.maximum(jitter[ids], delta)
+        fin = check <= tol
+        converged[ids[fin]] = True
+        if bool(fin.any()):
+            keep = ~fin
+            ids, Aw, bw, Fw, floor = ids[keep], Aw[keep], bw[keep], Fw[keep], floor[keep]
+    theta = torch.where(theta < tol, torch.zeros_like(theta), theta)
+    return SolveResult(theta, converged, _kkt(A, b, theta), _support_pivot(A, theta), rounds, jitter)
+
+
+def _support_pivot(A: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    r"""(m,) smallest :math:`1/(A_{PP}^{-1})_{pp}` over the support :math:`P` of ``theta`` (``inf`` if empty).
+
+    Uses a Cholesky factor of :math:`A_{PP}` (identity off P): the diagonal of the inverse is the
+    squared column norms of :math:`L^{-1}`. A support whose factor fails gets 0.
+    """
+    m, k = theta.shape
+    if not k:
+        return theta.new_full((m,), float("inf"))
+    on = theta > 0
+    Pf = on.to(A.dtype)
+    M = A * Pf.unsqueeze(2) * Pf.unsqueeze(1)
+    M.diagonal(dim1=-2, dim2=-1).add_(1 - Pf)
+    L, info = torch.linalg.cholesky_ex(M)
+    eye = torch.eye(k, dtype=A.dtype, device=A.device).expand(m, k, k)
+    Linv = torch.linalg.solve_triangular(L, eye, upper=False)
+    d = (Linv * Linv).sum(-2)
+    piv = torch.where(on, 1.0 / d.clamp_min(torch.finfo(A.dtype).tiny), torch.full_like(d, float("inf"))).amin(1)
+    return torch.where(info == 0, piv, torch.zeros_like(piv))
+
+
+def _pruning_numba(A: torch.Tensor, b: torch.Tensor, tol: float, max_iter: int, threads: int | None) -> SolveResult:
+    """The compiled pruning loop on the whole batch (float64 internally)."""
+    compiled = _NUMBA[0]
+    assert compiled is not None  # the caller checked numba_available()
+    An = A.detach().to(torch.float64).contiguous().numpy()
+    bn = b.detach().to(torch.float64).contiguous().numpy()
+    theta, converged, rounds, jitter, pivot, kkt = compiled.pruning_batch(
+        An, bn, tol=tol, max_iter=max_iter, tries=PRUNING_JITTER_TRIES, threads=threads
+    )
+    return SolveResult(
+        torch.from_numpy(theta).to(A.dtype),
+        torch.from_numpy(converged),
+        torch.from_numpy(kkt).to(A.dtype),
+        torch.from_numpy(pivot).to(A.dtype),
+        torch.from_numpy(rounds),
+        torch.from_numpy(jitter).to(A.dtype),
+    )
+
+
 def solve(A: torch.Tensor, b: torch.Tensor, solver: str = "exact", **options: Any) -> SolveResult:
-    """Dispatch to :func:`active_set` (``"exact"``) or :func:`projected_gradient` (``"pgd"``).
+    """Dispatch to :func:`active_set` (``"exact"``), :func:`projected_gradient` (``"pgd"``) or
+    :func:`pruning` (``"pruning"``).
 
     Example:
         >>> A = torch.eye(2, dtype=torch.float64)[None]
@@ -717,4 +956,6 @@ def solve(A: torch.Tensor, b: torch.Tensor, solver: str = "exact", **options: An
         return active_set(A, b, **options)
     if solver == "pgd":
         return projected_gradient(A, b, **options)
+    if solver == "pruning":
+        return pruning(A, b, **options)
     raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")

@@ -34,6 +34,7 @@ from convsim import data
 from convsim._internal.files import atomic_write, atomic_write_json
 from convsim.nnk.channels import ChannelOverlap, layer_overlap
 from convsim.nnk.neighbors import KERNELS
+from convsim.nnk.options import NNKOptions
 from convsim.nnk.solvers import SOLVERS
 from convsim.reporting.methods import is_collapsed
 
@@ -181,6 +182,7 @@ def overlap_analysis(
     k: int = 25,
     kernel: str = "cosine",
     solver: str = "exact",
+    pruning_tol: float = 1e-6,
     split: str = "train",
     layers: Sequence[str] | None = None,
     seed: int = 0,
@@ -195,7 +197,8 @@ def overlap_analysis(
         out_dir: output folder (created).
         n_samples: images analysed per run (a seeded subset of ``split``, the same for every run
             of a dataset).
-        k, kernel, solver: NNK options (:func:`convsim.nnk.channel_overlap`).
+        k, kernel, solver, pruning_tol: NNK options (:func:`convsim.nnk.channel_overlap`; the
+            tolerance is used by ``solver="pruning"`` only).
         split: ``"train"`` (the CW-NNK papers use training data) or ``"test"``.
         layers: module names; default every conv layer of each model.
         seed: seed of the image subset.
@@ -204,11 +207,13 @@ def overlap_analysis(
         figures: write the PNG figures.
 
     Returns:
-        JSON-ready dict: ``options``, ``runs`` (per run: name, path, model, width, dataset, seed,
-        ``test_acc``, ``layers`` (per-layer summaries in depth order), ``last_layer`` with its M1 /
-        M1w matrices), ``correlations`` (per measure of :data:`MEASURES`: Pearson/Spearman r and p
-        against test accuracy over the runs, ``None`` with fewer than 3 varying runs),
-        ``figures`` (file names in ``out_dir``) and ``out_dir``.
+        JSON-ready dict: ``options`` (with ``solver``, ``pruning_tol`` for the pruning solver, and
+        ``nnk``, every NNK setting used, :meth:`convsim.nnk.NNKOptions.summary`), ``runs`` (per
+        run: name, path, model, width, dataset, seed, ``test_acc``, ``layers`` (per-layer
+        summaries in depth order), ``last_layer`` with its M1 / M1w matrices), ``correlations``
+        (per measure of :data:`MEASURES`: Pearson/Spearman r and p against test accuracy over the
+        runs, ``None`` with fewer than 3 varying runs), ``figures`` (file names in ``out_dir``)
+        and ``out_dir``.
 
     Example:
         >>> result = overlap_analysis(["runs/a", "runs/b", "runs/c"], "runs/overlap")  # doctest: +SKIP
@@ -225,6 +230,8 @@ def overlap_analysis(
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    # the settings channel_overlap resolves these keywords to (it validates pruning_tol here)
+    nnk_options = NNKOptions(k=k, kernel=kernel, solver=solver, pruning_tol=pruning_tol, duplicates="drop")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -246,6 +253,7 @@ def overlap_analysis(
             k=k,
             kernel=kernel,
             solver=solver,
+            pruning_tol=pruning_tol,
         )
         runs.append(_run_record(rd, model, config, summary, res, x))
     trained = [r for r in runs if not r["collapsed"]]
@@ -261,9 +269,11 @@ def overlap_analysis(
             "k": k,
             "kernel": kernel,
             "solver": solver,
+            **({"pruning_tol": pruning_tol} if solver == "pruning" else {}),
             "split": split,
             "seed": seed,
             "layers": list(layers) if layers else None,
+            "nnk": nnk_options.summary(),
         },
         "runs": runs,
         "correlations": correlations,
@@ -381,6 +391,19 @@ def _fmt(v: float | None, digits: int = 3) -> str:
     return str(v)
 
 
+def solver_description(options: dict) -> str:
+    """The NNK solver of an analysis' ``options`` in words, with the pruning solver's tolerance.
+
+    Example:
+        >>> solver_description({"solver": "pruning", "pruning_tol": 1e-6})
+        'pruning solver (the released one-way solver, tolerance 1e-06)'
+    """
+    solver = options.get("solver", "exact")
+    if solver == "pruning":
+        return f"pruning solver (the released one-way solver, tolerance {options.get('pruning_tol', 1e-6):g})"
+    return f"{solver} solver"
+
+
 def overlap_markdown(result: dict, figure_dir: str | None = None) -> str:
     """A report section (markdown, no top heading) for the result of :func:`overlap_analysis`.
 
@@ -392,7 +415,7 @@ def overlap_markdown(result: dict, figure_dir: str | None = None) -> str:
     prefix = "" if prefix in ("", ".") else prefix.rstrip("/") + "/"
     lines = [
         f"Channel-wise NNK (CW-NNK) on {o['n_samples']} {o['split']} images per run, k = {o['k']} candidates, "
-        f"{o['kernel']} kernel, {o['solver']} solver. Per channel, each image's flattened feature map is a point; "
+        f"{o['kernel']} kernel, {solver_description(o)}. Per channel, each image's flattened feature map is a point; "
         "the whole layer (channels concatenated) is analysed alongside. M1 = mean off-diagonal Jaccard of the "
         "channels' NNK neighbourhoods, M2 = |union of channel neighbourhoods| / sum of their sizes (1 - M2 = "
         "redundancy), M3 = layer count / sum of channel counts (about 1/C for redundant channels, larger for "

@@ -144,7 +144,15 @@ def _wall_time(g: Group) -> str:
 
 
 def claims_section(ctx: Context) -> str:
-    return "<!-- claims:start -->\n" + claims_markdown(ctx.claims) + "<!-- claims:end -->\n"
+    missing = set(ctx.incomplete) | set(ctx.pending)
+    status = ""
+    if missing:
+        done = sum(r.complete for r in ctx.runs)
+        status = (
+            f"**The suite is not complete: {done} of {done + len(missing)} runs are done, so these verdicts "
+            f"are provisional.** Comparisons whose groups lack runs are not tested yet.\n\n"
+        )
+    return status + "<!-- claims:start -->\n" + claims_markdown(ctx.claims) + "<!-- claims:end -->\n"
 
 
 def setup_section(ctx: Context) -> str:

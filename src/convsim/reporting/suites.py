@@ -43,7 +43,7 @@ from convsim._internal.files import atomic_write_json, atomic_write_text
 from convsim.reporting.claims import ClaimDesign
 from convsim.reporting.methods import CS_INIT_METHODS, CS_REG_METHODS, METHODS, PENALTY_METHODS
 from convsim.reporting.runs import read_json
-from convsim.training.checkpoint import FINAL_STATUSES
+from convsim.training.checkpoint import FINAL_STATUSES, has_checkpoint
 from convsim.training.config import normalize_config_dict
 
 
@@ -472,11 +472,7 @@ def run_status(run_dir: Path) -> str:
         status = None
     if status in FINAL_STATUSES:
         return "complete"
-    return (
-        "interrupted"
-        if run_dir.exists() and any(run_dir.glob("*.jsonl")) or (run_dir / "checkpoint.pt").exists()
-        else "missing"
-    )
+    return "interrupted" if run_dir.exists() and any(run_dir.glob("*.jsonl")) or has_checkpoint(run_dir) else "missing"
 
 
 def stale_settings(spec: RunSpec, run_dir: Path) -> dict:

@@ -23,6 +23,7 @@ from typing import Any
 
 from convsim import data as _data
 from convsim import models as _models
+from convsim.nnk.solvers import SOLVERS as NNK_SOLVERS
 from convsim.penalties import PENALTIES
 from convsim.similarity import CHANNELS, PAIRS
 from convsim.training.distributed import DEVICES
@@ -117,6 +118,12 @@ class TrainConfig:
     patience: int = _opt(10, "epochs without improvement before a channel freezes / training stops")
     es_k: int = _opt(25, "neighbours of the channel-wise NNK LOO error")
     es_samples: int = _opt(1000, "training images on which the channel-wise LOO error is computed")
+    es_solver: str = _opt(
+        "exact",
+        "NNK solver of the channel-wise LOO error: exact (the optimum), pruning (the released "
+        "one-way solver of CW-DeepNNK, tolerance 1e-6) or pgd",
+        NNK_SOLVERS,
+    )
     val_fraction: float = _opt(0.2, "share of the training set held out for --early-stop validation")
     es_restore: bool = _opt(
         True,

@@ -149,16 +149,24 @@ class ChannelEarlyStopping(EarlyStopping):
     when every channel is frozen. Earlier layers keep training, so a frozen channel's features
     still drift (as in the released code). ``best_state`` holds the weights of the last epoch at
     which any channel improved (what the released code restores for evaluation).
+
+    ``solver`` is the NNK solver (``config.es_solver``): ``"exact"`` (default), or ``"pruning"``
+    for the released one-way solver of CW-DeepNNK; the NNK settings are in :meth:`summary`
+    (``nnk``) and the solver in every epoch's record (``es_solver``).
     """
 
     mode = "cwnnk"
     freezer: ChannelFreezer
 
-    def __init__(self, model: nn.Module, patience: int, k: int) -> None:
+    def __init__(self, model: nn.Module, patience: int, k: int, solver: str = "exact") -> None:
+        from convsim.nnk.options import NNKOptions
+
         self.layer, conv = last_conv_layer(model)
         self.channels = conv.out_channels
         self.patience = patience
         self.k = k
+        # what channel_loo_error(..., k=k, solver=solver) resolves to (duplicates="drop")
+        self.nnk = NNKOptions(k=k, solver=solver, duplicates="drop")
         self.freezer = ChannelFreezer(conv)
         self.best = torch.full((self.channels,), math.inf, dtype=torch.float64)
         self.left = torch.full((self.channels,), patience, dtype=torch.int64)
@@ -180,7 +188,7 @@ class ChannelEarlyStopping(EarlyStopping):
             for chunk in torch.split(torch.arange(len(y), device=y.device), batch):
                 model(x[chunk])
                 parts.append(acts[self.layer].float().cpu())
-        return nnk.channel_loo_error(torch.cat(parts), y.cpu(), k=self.k).to(torch.float64).cpu()
+        return nnk.channel_loo_error(torch.cat(parts), y.cpu(), options=self.nnk).to(torch.float64).cpu()
 
     def update(
         self,
@@ -216,7 +224,10 @@ class ChannelEarlyStopping(EarlyStopping):
             es_patience=self.left.tolist(),
             es_frozen=self.frozen.tolist(),
             es_frozen_count=int(self.frozen.sum()),
+            es_solver=self.nnk.solver,
         )
+        if self.nnk.solver == "pruning":
+            record["es_pruning_tol"] = self.nnk.pruning_tol
         return stop
 
     def state_dict(self) -> dict[str, Any]:
@@ -243,6 +254,7 @@ class ChannelEarlyStopping(EarlyStopping):
             "channels": self.channels,
             "frozen_epoch": self.frozen_epoch.tolist(),
             "best_error": [float(b) for b in self.best],
+            "nnk": self.nnk.summary(),
         }
 
 
@@ -326,7 +338,7 @@ def make_early_stopping(config: TrainConfig, model: nn.Module) -> EarlyStopping 
         True
     """
     if config.early_stop == "cwnnk":
-        return ChannelEarlyStopping(model, config.patience, config.es_k)
+        return ChannelEarlyStopping(model, config.patience, config.es_k, config.es_solver)
     if config.early_stop == "validation":
         return ValidationEarlyStopping(config.patience)
     return None

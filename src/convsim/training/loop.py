@@ -37,14 +37,17 @@ Files written to ``config.out`` (by rank 0 only):
     ``s = 0..I-1`` and after the last one (``s = I``).
 ``checkpoint.pt``
     written atomically after every epoch: model, optimizer, RNG states (torch CPU/CUDA, numpy,
-    python, the shuffling generator), epoch, early-stopping state, the metrics history.
+    python, the shuffling generator), epoch, early-stopping state, the metrics history and a
+    checksum. The checkpoint it replaces is kept as ``checkpoint.prev.pt``.
 ``summary.json``
     config, seed, versions, device, wall time, status and the final metrics.
 
 Resuming (``resume=True``) continues from ``checkpoint.pt`` to ``epochs``; one epoch, resume, one
-epoch gives bit-identical metrics (except ``seconds``) to two epochs straight on CPU.
-``metrics.jsonl`` is rebuilt from the checkpoint's history, so it never holds an epoch the
-checkpoint does not. Ctrl-C loses at most the running epoch.
+epoch gives bit-identical metrics (except ``seconds``) to two epochs straight on CPU. When
+``checkpoint.pt`` is unusable (unreadable, or its checksum fails) the run resumes from
+``checkpoint.prev.pt`` with a warning (:func:`convsim.training.checkpoint.load_checkpoint`).
+``metrics.jsonl`` is rebuilt from the history of the checkpoint used, so it holds exactly its
+epochs (a torn last line is repaired). Ctrl-C or SIGKILL loses at most the running epoch.
 
 Example:
     >>> from convsim.training import TrainConfig, train
@@ -79,19 +82,22 @@ from convsim.penalties import Penalty
 from convsim.similarity import ConvSimilarity
 from convsim.training import distributed
 from convsim.training.checkpoint import (
+    CHECKPOINT,
     FINAL_STATUSES,
     is_finished,
     load_checkpoint,
+    load_weights,
     reset_run_files,
     restore_state,
     rewrite_metrics,
     save_checkpoint,
+    set_aside_unusable,
 )
 from convsim.training.config import TrainConfig, config_from_dict
 from convsim.training.data import load_data
 from convsim.training.distributed import DistEnv, default_threads, resolve_device
 from convsim.training.early_stopping import ChannelFreezer, EarlyStopping, make_early_stopping
-from convsim.training.errors import ConfigError
+from convsim.training.errors import ConfigError, RunDirectoryError
 from convsim.training.evaluation import autocast_context, evaluate, measure_redundancy
 from convsim.training.optim import cs_initialization, cs_options, make_optimizer, set_learning_rate
 from convsim.training.summary import make_summary, state_digest, tensor_digest
@@ -115,6 +121,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
             resumed run's stored config differs in a field other than
             :data:`~convsim.training.config.RESUMABLE_CHANGES`; the model cannot take the
             dataset's images; under DDP, ``batch_size`` is not a multiple of the number of processes.
+        CheckpointError: ``out`` holds checkpoints but neither ``checkpoint.pt`` nor
+            ``checkpoint.prev.pt`` is usable; (as ``CheckpointWriteError``) a checkpoint could not
+            be written, the earlier ones are intact.
         KeyboardInterrupt: re-raised after marking the summary ``"interrupted"``; the last
             checkpoint stays valid.
     """
@@ -146,7 +155,7 @@ def _train(config: TrainConfig, device: torch.device, env: DistEnv) -> dict[str,
             f"batch_size ({config.batch_size}) is the global batch and must be a multiple of the "
             f"number of processes ({env.world_size}) so that every rank gets an equal share"
         )
-    ckpt = load_checkpoint(out, config)
+    ckpt = load_checkpoint(out, config, warn=_warn if env.is_main else None)
     distributed.barrier(env)  # every rank has looked for a checkpoint before rank 0 writes one
     if ckpt is not None and is_finished(ckpt, config):
         return _existing_summary(out, ckpt, config, env, device)
@@ -162,7 +171,8 @@ def _train(config: TrainConfig, device: torch.device, env: DistEnv) -> dict[str,
         _write_summary(run, "interrupted")
         raise
     except Exception as e:
-        _write_summary(run, "failed", {"error": f"{type(e).__name__}: {e}"})
+        with contextlib.suppress(OSError):  # a full disk must not hide the error that stopped the run
+            _write_summary(run, "failed", {"error": f"{type(e).__name__}: {e}"})
         raise
     finally:
         run.regularisers.remove()
@@ -318,7 +328,8 @@ def _resume(run: _Run, ckpt: dict[str, Any]) -> None:
     restore_state(ckpt, run.model, run.optimizer, run.shuffle_gen, run.stopper)
     run.history, run.initial, run.wall_before = ckpt["history"], ckpt["initial"], ckpt["wall_time"]
     run.start_epoch = ckpt["epoch"]
-    if run.env.is_main:  # metrics.jsonl never holds an epoch beyond the checkpoint
+    if run.env.is_main:  # metrics.jsonl holds exactly the checkpoint's epochs
+        set_aside_unusable(run.out, ckpt)
         rewrite_metrics(run.out, run.history)
 
 
@@ -355,7 +366,12 @@ def _run_epoch(run: _Run, epoch: int) -> str:
     record = _train_and_score(run, epoch)
     stop = False
     if stopper is not None:
+        threads = torch.get_num_threads()
         stop = stopper.update(run.model, run.data, config, run.env, epoch, record)
+        # numba's parallel NNK kernels (channel-wise early stopping) share OpenMP with torch and leave its
+        # thread count at numba's default; the next epochs must train with the run's own, or a resumed run
+        # (and a second run in one process) would not repeat an uninterrupted one bit for bit.
+        torch.set_num_threads(threads)
         if stop and config.es_restore:
             stopper.restore(run.model)
     status = "stopped early" if stop else ("complete" if epoch == config.epochs else "running")
@@ -554,7 +570,13 @@ def _print_epoch(config: TrainConfig, r: dict[str, Any]) -> None:
 def _existing_summary(
     out: Path, ckpt: dict[str, Any], config: TrainConfig, env: DistEnv, device: torch.device
 ) -> dict[str, Any]:
-    """The summary of a finished run (resumed with nothing left to train), rewritten if stale."""
+    """The summary of a finished run (resumed with nothing left to train), rewritten if stale.
+
+    ``metrics.jsonl`` is repaired from the checkpoint (a torn last line, say) when it differs.
+    """
+    if env.is_main:
+        set_aside_unusable(out, ckpt)
+        rewrite_metrics(out, ckpt["history"])
     path = out / "summary.json"
     if path.exists():
         summary: dict[str, Any] = json.loads(path.read_text())
@@ -581,17 +603,38 @@ def load_run(run_dir: str | os.PathLike[str]) -> tuple[nn.Module, TrainConfig, d
     Returns:
         ``(model, config, summary)``.
 
+    Raises:
+        RunDirectoryError: (a ``FileNotFoundError``) ``run_dir`` is missing, or is not a run
+            (no ``summary.json`` or ``checkpoint.pt``, or a ``summary.json`` without a config).
+        CheckpointError: ``checkpoint.pt`` is unreadable or fails its checksum.
+
     Example:
         >>> model, config, summary = load_run("runs/train")  # doctest: +SKIP
     """
     run_dir = Path(run_dir)
-    for name in ("summary.json", "checkpoint.pt"):
+    if not run_dir.is_dir():
+        what = "is not a folder" if run_dir.exists() else "does not exist"
+        raise RunDirectoryError(f"{run_dir} {what}; expected a run directory written by `convsim train --out DIR`")
+    for name in ("summary.json", CHECKPOINT):
         if not (run_dir / name).exists():
-            raise FileNotFoundError(f"{run_dir} is not a training run: {name} is missing")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    config = config_from_dict(summary["config"])
+            raise RunDirectoryError(
+                f"{run_dir} is not a training run: {name} is missing (finish it with `convsim train --resume --out "
+                f"{run_dir}`, or pass the run directory itself)"
+            )
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        stored = summary["config"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise RunDirectoryError(
+            f"{run_dir / 'summary.json'} is unreadable or holds no config ({type(e).__name__}: {e}); "
+            f"rewrite it with `convsim train --resume --out {run_dir}`"
+        ) from e
+    config = config_from_dict(stored)
     model = build_model(config)
-    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
-    model.load_state_dict(state)
+    model.load_state_dict(load_weights(run_dir / CHECKPOINT))
     model.eval()
     return model, config, summary
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
