@@ -149,12 +149,3 @@ def test_environment_variable_switches_the_compiled_kernels_off():
     env = {**os.environ, "CONVSIM_NUMBA": "0"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-
-
-def test_compiled_kernels_leave_torch_thread_count_alone():
-    """numba and torch share the OpenMP runtime: a compiled kernel run on several threads must not
-    leave torch on numba's thread count (the next training steps would run on other threads)."""
-    torch.set_num_threads(1)  # the conftest fixture restores it
-    S = np.random.default_rng(0).random((64, 200))
-    _numba.smallest_k(S, 5, threads=2)
-    assert torch.get_num_threads() == 1

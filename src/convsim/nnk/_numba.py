@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-import torch
 from numba import njit, prange
 
 __all__ = ["solve_batch", "pruning_batch", "smallest_k", "kernel_systems", "OK", "MAX_ITER", "KKT"]
@@ -351,7 +350,6 @@ def _run_parallel(threads: int | None, m: int, kernel) -> None:
     cap = numba.config.NUMBA_NUM_THREADS  # type: ignore[attr-defined]  # set from the environment at import
     n = cap if threads is None else max(1, min(int(threads), cap))
     old = numba.get_num_threads()
-    torch_threads = torch.get_num_threads()
     numba.set_num_threads(n)
     chunk = numba.set_parallel_chunksize(1)
     try:
@@ -359,8 +357,6 @@ def _run_parallel(threads: int | None, m: int, kernel) -> None:
     finally:
         numba.set_parallel_chunksize(chunk)
         numba.set_num_threads(old)
-        # numba and torch share the OpenMP runtime: numba's thread setting leaks into torch's.
-        torch.set_num_threads(torch_threads)
 
 
 @njit(cache=True, nogil=True, parallel=True)

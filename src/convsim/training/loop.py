@@ -366,7 +366,12 @@ def _run_epoch(run: _Run, epoch: int) -> str:
     record = _train_and_score(run, epoch)
     stop = False
     if stopper is not None:
+        threads = torch.get_num_threads()
         stop = stopper.update(run.model, run.data, config, run.env, epoch, record)
+        # numba's parallel NNK kernels (channel-wise early stopping) share OpenMP with torch and leave its
+        # thread count at numba's default; the next epochs must train with the run's own, or a resumed run
+        # (and a second run in one process) would not repeat an uninterrupted one bit for bit.
+        torch.set_num_threads(threads)
         if stop and config.es_restore:
             stopper.restore(run.model)
     status = "stopped early" if stop else ("complete" if epoch == config.epochs else "running")
