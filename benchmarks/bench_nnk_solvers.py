@@ -38,7 +38,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from collections import defaultdict  # noqa: E402
@@ -47,8 +46,8 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
-import scipy  # noqa: E402
 import torch  # noqa: E402
+from bench_nnk import machine_note  # noqa: E402  (the same machine line as the NNK benchmark)
 from scipy import stats  # noqa: E402
 
 from convsim import data  # noqa: E402
@@ -56,7 +55,6 @@ from convsim._internal.files import atomic_write_text  # noqa: E402
 from convsim.nnk import layer_overlap, nnk_neighbors  # noqa: E402
 from convsim.nnk.solvers import active_set, numba_available, pruning  # noqa: E402
 from convsim.reporting.methods import is_collapsed  # noqa: E402
-from convsim.training.summary import machine as host  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results" / "nnk_solvers.md"
@@ -388,22 +386,6 @@ def bench_cuda(B: int, repeats: int) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- report
-
-
-def machine_note(load_start: float) -> str:
-    cpu = host()["cpu"]
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
-    try:
-        import numba
-
-        nb = numba.__version__
-    except ImportError:
-        nb = "not installed"
-    return (
-        f"{cpu}, {os.cpu_count()} logical CPUs, load average {load_start:.2f} at the start and {load[0]:.2f} at "
-        f"the end; Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} "
-        f"threads), numpy {np.__version__}, scipy {scipy.__version__}, numba {nb}"
-    )
 
 
 NOTES = """Notes:

@@ -41,24 +41,10 @@ from convsim.training.checkpoint import CHECKPOINT, FINAL_STATUSES, PREVIOUS_CHE
 from convsim.training.config import TrainConfig, to_argv
 from convsim.training.errors import CheckpointError, CheckpointWriteError
 from convsim.training.loop import train
+from test_train import TINY_RUN
 
 # A tiny run: 3 epochs of 8 steps after a 3-step CS initialisation, with the CS regulariser.
-CONFIG = dict(
-    model="cnn1",
-    dataset="synthetic",
-    train_subset=256,
-    test_subset=128,
-    batch_size=32,
-    fm_batch=64,
-    epochs=3,
-    optimizer="adam",
-    lr=3e-3,
-    init_iters=3,
-    beta=1e-3,
-    device="cpu",
-    threads=1,
-    verbose=False,
-)
+CONFIG = {**TINY_RUN, "epochs": 3, "init_iters": 3, "beta": 1e-3}
 STEPS_PER_EPOCH = 8  # 256 images in batches of 32
 KILLED = -signal.SIGKILL  # multiprocessing's exit code of a process killed by SIGKILL
 

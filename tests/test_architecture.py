@@ -164,7 +164,7 @@ def test_package_ships_py_typed():
 
 def test_py_typed_is_declared_as_package_data():
     """The wheel carries py.typed only when setuptools is told to include it."""
-    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
     pyproject = PACKAGE.parents[1] / "pyproject.toml"
     if not pyproject.is_file():
         pytest.skip("not a source checkout")

@@ -17,21 +17,9 @@ from convsim._internal.files import read_jsonl
 from convsim.training.config import TrainConfig, to_argv
 from convsim.training.distributed import DistEnv, shard
 from convsim.training.loop import train
+from test_train import TINY_RUN
 
-CONFIG = dict(
-    model="cnn1",
-    dataset="synthetic",
-    train_subset=256,
-    test_subset=128,
-    batch_size=32,
-    fm_batch=64,
-    epochs=2,
-    optimizer="adam",
-    lr=3e-3,
-    device="cpu",
-    threads=1,
-    verbose=False,
-)
+CONFIG = TINY_RUN
 
 
 def test_shard_is_rank_strided_and_partitions_the_batch():

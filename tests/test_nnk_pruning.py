@@ -190,7 +190,7 @@ def test_near_duplicate_collapses_onto_the_candidates_above_one_minus_tol(engine
 
 def test_engines_agree_on_larger_batches():
     """The compiled loop and the batched torch Cholesky give the same supports and weights."""
-    pytest.importorskip("numba")
+    pytest.importorskip("numba", reason="numba (the optional compiled NNK solvers) is not installed")
     A, b = kernel_systems("cosine", seed=5, n=800, d=9, k=25)
     a, c = pruning(A, b, engine="torch"), pruning(A, b, engine="numba")
     assert torch.equal(a.theta > 0, c.theta > 0) and torch.equal(a.iterations, c.iterations)

@@ -83,24 +83,25 @@ SUMMARY_KEYS = {
 }
 
 
+# The tiny run the trainer tests share (also tests/test_ddp.py and tests/faultlib.py).
+TINY_RUN = dict(
+    model="cnn1",
+    dataset="synthetic",
+    train_subset=256,
+    test_subset=128,
+    batch_size=32,
+    fm_batch=64,
+    epochs=2,
+    optimizer="adam",
+    lr=3e-3,
+    device="cpu",
+    threads=1,
+    verbose=False,
+)
+
+
 def make_config(out, **kw) -> TrainConfig:
-    base = dict(
-        model="cnn1",
-        dataset="synthetic",
-        train_subset=256,
-        test_subset=128,
-        batch_size=32,
-        fm_batch=64,
-        epochs=2,
-        optimizer="adam",
-        lr=3e-3,
-        device="cpu",
-        threads=1,
-        verbose=False,
-        out=str(out),
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return TrainConfig(**{**TINY_RUN, "out": str(out), **kw})
 
 
 def without_seconds(records):
