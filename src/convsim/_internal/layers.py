@@ -4,16 +4,51 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import nn
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+TRANSPOSED_CONV_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 ConvLayer = nn.Conv1d | nn.Conv2d | nn.Conv3d
+AnyConvLayer = ConvLayer | nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d
 Predicate = Callable[[str, nn.Module], bool]
 
 
+def is_transposed(module: nn.Module) -> bool:
+    """Whether ``module`` is a ConvTranspose1d/2d/3d (weight laid out (C_in, C_out/groups, *k))."""
+    return isinstance(module, TRANSPOSED_CONV_TYPES)
+
+
+def filters(module: AnyConvLayer) -> torch.Tensor:
+    """The layer's weight as its output filters, shape (C_out, C_in/groups, *k), differentiable.
+
+    A forward conv's weight already is. A transposed conv's weight (C_in, C_out/groups, *k) is
+    regrouped so that row ``i`` holds the kernels output channel ``i`` applies to its group's inputs.
+    A transposed conv convolves where a forward conv correlates, so these filters are the
+    transposed layer's up to a spatial flip, which no pairwise correlation or cosine measure sees.
+    """
+    w = module.weight
+    if not is_transposed(module):
+        return w
+    g = module.groups
+    c_in, m_per_group, *k = w.shape
+    grouped = w.reshape(g, c_in // g, m_per_group, *k).transpose(1, 2)
+    return grouped.reshape(g * m_per_group, c_in // g, *k)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel / DataParallel wrapper (or the model itself)."""
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+    """The user's model inside any DistributedDataParallel, DataParallel or ``torch.compile`` wrappers.
+
+    Layer names are then the same however the model is wrapped: no ``module.`` (DDP) and no
+    ``_orig_mod.`` (``torch.compile``) prefix, in any nesting order.
+    """
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod  # type: ignore[assignment]
+        else:
+            return model
 
 
 def select_conv_layers(
@@ -28,7 +63,7 @@ def select_conv_layers(
     (a layer with fewer has no filter pairs), ``include(name, module)`` is true (default: always)
     and ``exclude(name, module)`` is false (default: never). Transposed convs are not selected.
     Names are those of ``model.named_modules()`` on the unwrapped model (no ``module.`` prefix
-    under DistributedDataParallel).
+    under DistributedDataParallel, no ``_orig_mod.`` prefix after ``torch.compile``).
     """
     for fn, label in ((include, "include"), (exclude, "exclude")):
         if fn is not None and not callable(fn):
