@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from convsim._internal.layers import select_conv_layers
-from convsim.models import MODELS, build, count_parameters
+from convsim.models import CLASSIFIERS, build, count_parameters
 
 
 def convs(model):
@@ -91,7 +91,7 @@ def test_cnn1_layers_are_the_released_ones():
     assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 4
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_models_return_logits_not_probabilities(name):
     model = build(name, width=0.25 if name == "resnet18" else 1.0)
     assert not any(isinstance(m, (nn.Softmax, nn.LogSoftmax)) for m in model.modules())
@@ -147,7 +147,7 @@ def test_output_shape(name, cin, width, size, classes):
     assert out.shape == (3, classes) and out.dtype == torch.float32 and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_gradients_reach_every_parameter(name):
     torch.manual_seed(0)
     model = build(name, width=0.125 if name == "resnet18" else 1.0)
@@ -158,7 +158,7 @@ def test_gradients_reach_every_parameter(name):
         assert p.grad.abs().sum() > 0, pname
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_channels_last_input_gives_the_same_logits(name):
     torch.manual_seed(0)
     model = build(name, width=0.125 if name == "resnet18" else 1.0).eval()
@@ -245,3 +245,50 @@ def test_bad_channels_or_classes_rejected(kwargs, match):
 def test_count_parameters_rejects_non_module():
     with pytest.raises(TypeError, match="model must be an nn.Module"):
         count_parameters([torch.zeros(3)])
+
+
+# --- the generative models ---------------------------------------------------------------------
+
+
+def test_vae_decoder_is_made_of_transposed_convs_with_stride_two_upsampling():
+    m = build("vae")
+    convs = [mod for mod in m.decoder.modules() if isinstance(mod, (nn.Conv2d, nn.ConvTranspose2d))]
+    assert all(isinstance(mod, nn.ConvTranspose2d) for mod in convs)
+    assert [mod.stride for mod in convs] == [(1, 1), (2, 2), (2, 2)]
+
+
+def test_vae_nelbo_equals_reconstruction_plus_kl_computed_by_hand():
+    torch.manual_seed(0)
+    m = build("vae").double()
+    x = torch.rand(3, 1, 28, 28, dtype=torch.float64)
+    torch.manual_seed(1)
+    got = m.nelbo(x)
+    torch.manual_seed(1)
+    logits, mu, logvar = m(x)
+    p = torch.sigmoid(logits)
+    recon = -(x * p.log() + (1 - x) * (1 - p).log()).sum((1, 2, 3))
+    var = logvar.exp()
+    # KL(N(mu, var) || N(0, 1)) per coordinate, written from the Gaussian densities' formula
+    kl = (-0.5 * torch.log(var) + 0.5 * (var + mu**2) - 0.5).sum(1)
+    torch.testing.assert_close(got, recon + kl)
+
+
+@pytest.mark.parametrize("size", [28, 32, (16, 24)])
+def test_generative_models_reproduce_their_input_size(size):
+    h, w = (size, size) if isinstance(size, int) else size
+    vae_model, gan = build("vae", input_size=size), build("dcgan", input_size=size)
+    assert vae_model.decode(torch.zeros(2, vae_model.latent_dim)).shape == (2, 1, h, w)
+    images = gan(torch.zeros(2, gan.latent_dim))
+    assert images.shape == (2, 1, h, w) and gan.discriminator(images).shape == (2,)
+
+
+@pytest.mark.parametrize("name", ["vae", "dcgan"])
+def test_generative_models_refuse_sizes_not_divisible_by_four(name):
+    with pytest.raises(ValueError, match="divisible by 4"):
+        build(name, input_size=30)
+
+
+def test_dcgan_generator_outputs_lie_in_the_unit_interval():
+    torch.manual_seed(0)
+    images = build("dcgan")(torch.randn(8, 32) * 10)
+    assert images.min() >= 0 and images.max() <= 1

@@ -140,10 +140,13 @@ def ocnn_loop(w, stride):
         ((2, 3, 5, 3), (3, 1)),
         ((3, 2, 5), 2),
         ((2, 2, 3, 3, 3), 1),
+        ((3, 2, 4, 4), 2),
+        ((3, 2, 2, 4), (1, 2)),
+        ((2, 3, 6), 3),
     ],
 )
 def test_ocnn_matches_loop(shape, stride):
-    """OCNN equals the loop over multiples-of-stride lags for Conv1d/2d/3d and any stride."""
+    """OCNN equals the loop over multiples-of-stride lags for Conv1d/2d/3d, any stride, odd and even kernels."""
     w = rand(*shape, seed=6)
     assert ocnn(w, stride, check="off").item() == pytest.approx(ocnn_loop(w, stride), rel=1e-12)
 
@@ -186,10 +189,12 @@ def test_ocnn_impossible_column_orthogonal_raises():
         ocnn(rand(16, 1, 1, 1), stride=2)
 
 
-def test_ocnn_even_kernel_raises():
-    """deel-lip semantics require odd kernels."""
-    with pytest.raises(ValueError, match="odd kernels"):
-        ocnn(rand(2, 2, 2, 2))
+def test_ocnn_even_kernel_is_accepted():
+    """Even kernels are no longer refused: a 2x2 kernel with a possible orthogonal conv raises and warns nothing."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        val = ocnn(rand(2, 3, 2, 2))
+    assert torch.isfinite(val)
 
 
 def test_ocnn_square_case_warns():

@@ -1,8 +1,10 @@
-"""The paper's models: the authors' MNIST CNN1, a stronger shallow CNN2, and the CIFAR ResNet18.
+"""The paper's models (the authors' MNIST CNN1, a stronger shallow CNN2, the CIFAR ResNet18) and
+two small generative models (a convolutional VAE and a DCGAN) whose decoders are transposed convs.
 
 ``build(name, in_channels=1, num_classes=10, width=1.0, input_size=28)`` returns an
-``nn.Module`` that maps (N, C, H, W) images to (N, num_classes) **logits** (no softmax: use
-``cross_entropy``). Layers keep PyTorch's default initialisation and the builder draws from the
+``nn.Module``. The classifiers map (N, C, H, W) images to (N, num_classes) **logits** (no softmax:
+use ``cross_entropy``); :class:`VAE` and :class:`DCGAN` document their own interfaces.
+Layers keep PyTorch's default initialisation (DCGAN: its own) and the builder draws from the
 global RNG without seeding it: call ``torch.manual_seed`` first for reproducible weights.
 ``width`` scales every hidden channel count to ``round(base · width)`` (Python ``round``), so
 CS/orthogonality effects can be compared across model sizes.
@@ -16,9 +18,26 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "build", "cnn1", "cnn2", "resnet18", "count_parameters", "BasicBlock", "ResNet"]
+__all__ = [
+    "MODELS",
+    "CLASSIFIERS",
+    "GENERATIVE_MODELS",
+    "build",
+    "cnn1",
+    "cnn2",
+    "resnet18",
+    "vae",
+    "dcgan",
+    "count_parameters",
+    "BasicBlock",
+    "ResNet",
+    "VAE",
+    "DCGAN",
+]
 
-MODELS = ("cnn1", "cnn2", "resnet18")
+CLASSIFIERS = ("cnn1", "cnn2", "resnet18")
+GENERATIVE_MODELS = ("vae", "dcgan")
+MODELS = CLASSIFIERS + GENERATIVE_MODELS
 Size = int | tuple[int, int]
 
 
@@ -182,13 +201,153 @@ def resnet18(in_channels: int = 3, num_classes: int = 10, width: float = 1.0, in
     return ResNet((2, 2, 2, 2), in_channels, num_classes, width)
 
 
-_BUILDERS = {"cnn1": cnn1, "cnn2": cnn2, "resnet18": resnet18}
+def _quarter(input_size: Size, model: str) -> tuple[int, int]:
+    """(H/4, W/4): the generative models up- and down-sample twice by 2."""
+    h, w = _hw(input_size)
+    if h % 4 or w % 4:
+        raise ValueError(f"{model} needs an input size divisible by 4 (two stride-2 layers), got {h}x{w}")
+    return h // 4, w // 4
+
+
+def _up(c_in: int, c_out: int) -> nn.ConvTranspose2d:
+    """The DCGAN up-sampling layer: 4x4 transposed conv, stride 2, padding 1 (doubles H and W)."""
+    return nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1)
+
+
+def _down(c_in: int, c_out: int) -> nn.Conv2d:
+    """The DCGAN down-sampling layer: 4x4 conv, stride 2, padding 1 (halves H and W)."""
+    return nn.Conv2d(c_in, c_out, 4, stride=2, padding=1)
+
+
+class VAE(nn.Module):
+    """Convolutional VAE with a Bernoulli decoder, for images in [0, 1].
+
+    Encoder: ``_down(C, c)``, ReLU, ``_down(c, 2c)``, ReLU, ``Conv2d(2c, 2·latent, (H/4, W/4))``
+    giving the posterior mean and log-variance. Decoder (``decoder``), transposed convs only:
+    ``ConvTranspose2d(latent, 2c, (H/4, W/4))`` from the 1×1 code, ReLU, ``_up(2c, c)``, ReLU,
+    ``_up(c, C)`` giving pixel logits. ``c = round(16·width)``.
+
+    ``forward(x)`` returns ``(logits, mu, logvar)`` with a reparameterised sample;
+    :meth:`nelbo` is the negative ELBO in nats per image,
+    ``−E_q[log p(x|z)] + KL(q(z|x) ‖ N(0, I))``, with the Bernoulli log-likelihood summed over pixels;
+    :meth:`decode` maps codes (N, latent) to images in [0, 1].
+    """
+
+    def __init__(self, in_channels: int, width: float, input_size: Size, latent_dim: int = 16):
+        super().__init__()
+        q = _quarter(input_size, "vae")
+        c = _channels(16, width)
+        self.latent_dim = latent_dim
+        self.encoder = nn.Sequential(
+            _down(in_channels, c), nn.ReLU(), _down(c, 2 * c), nn.ReLU(), nn.Conv2d(2 * c, 2 * latent_dim, q)
+        )
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(latent_dim, 2 * c, q), nn.ReLU(), _up(2 * c, c), nn.ReLU(), _up(c, in_channels)
+        )
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and log-variance, each (N, latent)."""
+        mu, logvar = self.encoder(x).flatten(1).chunk(2, dim=1)
+        return mu, logvar
+
+    def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Pixel logits (N, C, H, W) for codes (N, latent)."""
+        return self.decoder(z[:, :, None, None])
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] (the Bernoulli means) for codes (N, latent)."""
+        return torch.sigmoid(self.decode_logits(z))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self.decode_logits(z), mu, logvar
+
+    def nelbo(self, x: torch.Tensor) -> torch.Tensor:
+        """Negative ELBO per image (N,), in nats; one reparameterised sample of z per image."""
+        logits, mu, logvar = self(x)
+        recon = nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+        return recon + kl
+
+
+class DCGAN(nn.Module):
+    """A DCGAN for small images in [0, 1]: ``generator`` and ``discriminator`` in one module.
+
+    Generator (transposed convs, BatchNorm and ReLU between them, as in DCGAN):
+    ``ConvTranspose2d(latent, 2c, (H/4, W/4))`` from the 1×1 code, ``_up(2c, c)``, ``_up(c, C)``,
+    sigmoid. Discriminator: ``_down(C, c)``, LeakyReLU(0.2), ``_down(c, 2c)``, BatchNorm,
+    LeakyReLU(0.2), ``Conv2d(2c, 1, (H/4, W/4))`` giving one logit per image. ``c = round(32·width)``.
+    Weights start from N(0, 0.02) (BatchNorm scales from N(1, 0.02)), DCGAN's initialisation.
+    ``forward(z)`` generates images from codes (N, latent).
+    """
+
+    def __init__(self, in_channels: int, width: float, input_size: Size, latent_dim: int = 32):
+        super().__init__()
+        q = _quarter(input_size, "dcgan")
+        c = _channels(32, width)
+        self.latent_dim = latent_dim
+        self.generator = nn.Sequential(
+            nn.ConvTranspose2d(latent_dim, 2 * c, q, bias=False),
+            nn.BatchNorm2d(2 * c),
+            nn.ReLU(),
+            nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+            _up(c, in_channels),
+            nn.Sigmoid(),
+        )
+        self.discriminator = nn.Sequential(
+            _down(in_channels, c),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(c, 2 * c, 4, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(2 * c),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * c, 1, q),
+            nn.Flatten(0),
+        )
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.normal_(m.weight, 1.0, 0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.generator(z[:, :, None, None])
+
+
+def vae(in_channels: int = 1, num_classes: int = 10, width: float = 1.0, input_size: Size = 28) -> VAE:
+    """The convolutional :class:`VAE` (``num_classes`` is ignored: it has no classifier head).
+
+    Example:
+        >>> m = vae()
+        >>> m.nelbo(torch.full((2, 1, 28, 28), 0.5)).shape, m.decode(torch.zeros(3, 16)).shape
+        (torch.Size([2]), torch.Size([3, 1, 28, 28]))
+    """
+    return VAE(in_channels, width, input_size)
+
+
+def dcgan(in_channels: int = 1, num_classes: int = 10, width: float = 1.0, input_size: Size = 28) -> DCGAN:
+    """The :class:`DCGAN` (``num_classes`` is ignored: the discriminator gives one logit).
+
+    Example:
+        >>> m = dcgan()
+        >>> images = m(torch.zeros(3, 32))
+        >>> images.shape, m.discriminator(images).shape
+        (torch.Size([3, 1, 28, 28]), torch.Size([3]))
+    """
+    return DCGAN(in_channels, width, input_size)
+
+
+_BUILDERS = {"cnn1": cnn1, "cnn2": cnn2, "resnet18": resnet18, "vae": vae, "dcgan": dcgan}
 
 
 def build(
     name: str, *, in_channels: int = 1, num_classes: int = 10, width: float = 1.0, input_size: Size = 28
 ) -> nn.Module:
-    """Build one of ``MODELS`` (``"cnn1"``, ``"cnn2"``, ``"resnet18"``); returns logits.
+    """Build one of ``MODELS``: the classifiers ``"cnn1"``, ``"cnn2"``, ``"resnet18"`` (logits) or
+    the generative ``"vae"`` and ``"dcgan"`` (see :class:`VAE` and :class:`DCGAN`).
 
     Args:
         name: the model.
@@ -196,7 +355,7 @@ def build(
         num_classes: outputs of the final Linear.
         width: multiplies every hidden channel count (rounded; each must stay >= 1).
         input_size: H (= W) or (H, W) of the inputs. cnn1's Linear depends on it (>= 17);
-            cnn2 needs >= 4; resnet18 takes any size.
+            cnn2 needs >= 4; resnet18 takes any size; vae and dcgan need sides divisible by 4.
 
     Raises:
         ValueError: unknown name (the message lists ``MODELS``), non-positive or non-finite width,
