@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test demo study bench clean data
+.PHONY: install lint test demo study bench docs clean data
 
 install: $(STAMP)
 
@@ -44,8 +44,14 @@ demo: install
 
 # The powered study (hours on 2 CPU cores; resumes from the runs committed in docs/fmnist/runs).
 study: install
-	$(VENV)/bin/convsim reproduce --suite fmnist --out docs/fmnist --jobs 2 --threads 1
+	$(VENV)/bin/convsim reproduce --suite fmnist --out docs/fmnist --jobs 2 --threads 1 --log none
 	$(PY) scripts/splice_report.py docs/fmnist fmnist
+
+# The documentation site (pages in docs/site, mkdocs.yml) into site/, strictly: any warning
+# (a broken reference, a docstring griffe cannot parse, a link to a missing page) fails the build.
+# `make test` builds it too (tests/test_docs.py).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: install
 	$(PY) benchmarks/bench_similarity.py
@@ -55,4 +61,4 @@ bench: install
 	$(PY) benchmarks/collect.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache .mypy_cache .import_linter_cache
+	rm -rf $(VENV) build site src/*.egg-info .pytest_cache .ruff_cache .mypy_cache .import_linter_cache

@@ -59,7 +59,7 @@ def test_a_run_keeps_its_last_two_checkpoints_each_with_a_checksum(finished):
     assert (latest["epoch"], previous["epoch"]) == (3, 2)
     assert latest["format"] == FORMAT and latest["sha256"] == state_checksum(latest)
     assert sorted(p.name for p in finished.iterdir()) == sorted(
-        [CHECKPOINT, PREVIOUS_CHECKPOINT, "init.jsonl", "metrics.jsonl", "summary.json"]
+        [CHECKPOINT, PREVIOUS_CHECKPOINT, "init.jsonl", "metrics.csv", "metrics.jsonl", "summary.json"]
     )
 
 

@@ -440,6 +440,7 @@ def test_cli_flags_round_trip_to_the_config():
         eval_batch=50,
         fm_batch=32,
         verbose=False,
+        log="tensorboard",
     )
     default = TrainConfig()
     assert all(getattr(config, f) != getattr(default, f) for f in CONFIG_FIELDS)

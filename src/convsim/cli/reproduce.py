@@ -9,6 +9,7 @@ from pathlib import Path
 
 from convsim._internal.errors import UserError
 from convsim.reporting.suites import SUITES, reproduce, run_status
+from convsim.training.config import LOGS, TrainConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="torch device for training (default: the trainer's)")
     parser.add_argument("--jobs", type=int, default=1, help="runs trained in parallel processes (default 1)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    parser.add_argument(
+        "--log",
+        choices=LOGS,
+        default=None,
+        help=f"per-epoch log of every run trained, as `convsim train --log` (default: {TrainConfig.log})",
+    )
     parser.add_argument("--only", default=None, metavar="REGEX", help="train only runs whose name matches")
     parser.add_argument("--list", action="store_true", help="list the suite's runs and their status, then exit")
     parser.add_argument("--no-report", action="store_true", help="train only; do not write the report")
@@ -46,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         only=args.only,
         threads=args.threads,
         download=args.download,
+        train_log=args.log,
         report=not args.no_report,
     )
     if res["failed"]:

@@ -67,6 +67,7 @@ RUN_FIELDS = {
     "download",
     "verbose",
     "eval_batch",
+    "log",
 }
 
 

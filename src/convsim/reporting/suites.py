@@ -44,7 +44,7 @@ from convsim.reporting.claims import ClaimDesign
 from convsim.reporting.methods import CS_INIT_METHODS, CS_REG_METHODS, METHODS, PENALTY_METHODS
 from convsim.reporting.runs import read_json
 from convsim.training.checkpoint import FINAL_STATUSES, has_checkpoint
-from convsim.training.config import normalize_config_dict
+from convsim.training.config import LOGS, normalize_config_dict
 
 
 @dataclass(frozen=True)
@@ -521,6 +521,7 @@ def reproduce(
     only: str | None = None,
     threads: int | None = None,
     download: bool = False,
+    train_log: str | None = None,
     train_one: TrainOne | None = None,
     report: bool = True,
     log: Callable[[str], None] = print,
@@ -529,13 +530,17 @@ def reproduce(
 
     ``only`` is a regular expression on run names (``re.search``); ``jobs`` > 1 trains runs in
     that many worker processes with ``threads`` (default: CPU count // jobs) torch threads each.
-    ``data_dir``, ``device``, ``threads`` and ``download`` are passed to every TrainConfig (they
-    may change when a run is resumed). ``train_one`` replaces the trainer (tests). Returns
+    ``data_dir``, ``device``, ``threads``, ``download`` and ``train_log`` (the trainer's ``log``:
+    none, csv or tensorboard) are passed to every TrainConfig (they may change when a run is
+    resumed, and are no part of a run's identity: a complete run is skipped whatever they are).
+    ``train_one`` replaces the trainer (tests); ``log`` prints progress. Returns
     ``{"trained", "skipped", "failed", "seconds", "report"}`` (and ``"claims"`` with a report).
     """
     specs = select_specs(suite, only)
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    if train_log is not None and train_log not in LOGS:
+        raise ValueError(f"train_log must be one of {', '.join(LOGS)} or None, got {train_log!r}")
     if threads is None and jobs > 1:
         threads = max(1, (os.cpu_count() or 1) // jobs)
     out = Path(out)
@@ -547,7 +552,13 @@ def reproduce(
         validate_specs(specs)
         train_one = _train_one
     todo, skipped = prepare_runs(specs, out / "runs", suite, log)
-    run_opts = {"data_dir": data_dir, "device": device, "threads": threads, "download": download or None}
+    run_opts = {
+        "data_dir": data_dir,
+        "device": device,
+        "threads": threads,
+        "download": download or None,
+        "log": train_log,
+    }
     t0 = time.perf_counter()
     done = train_runs(todo, out / "runs", run_opts, jobs, train_one, log)
     seconds = time.perf_counter() - t0

@@ -29,7 +29,7 @@ from convsim.similarity import CHANNELS, PAIRS
 from convsim.training.distributed import DEVICES
 from convsim.training.errors import ConfigError, ConfigTypeError
 
-MODELS = _models.MODELS
+MODELS = _models.CLASSIFIERS  # the generative models have their own trainer
 DATASETS = tuple(_data.DATASETS)
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("none", "cosine", "step")
@@ -37,6 +37,7 @@ CS_MODES = ("loss", "decoupled")
 INIT_OPTIMIZERS = ("adam", "train")
 PENALTY_CHOICES = ("none", *PENALTIES)
 EARLY_STOPS = ("none", "cwnnk", "validation")
+LOGS = ("none", "csv", "tensorboard")  # convsim.training.loggers
 
 # Renamed fields, old name -> new name. Stored runs (summary.json, checkpoint.pt) keep the names
 # they were written with; normalize_config_dict maps them, so such runs still load and resume.
@@ -45,9 +46,10 @@ LEGACY_FIELDS = {"penalty_weight": "penalty_beta"}
 
 # Fields that may differ between a run and its resumption. All but `epochs` leave the training
 # math alone; a larger `epochs` continues a complete run (with a cosine/step schedule the
-# remaining epochs follow the schedule of the new total).
+# remaining epochs follow the schedule of the new total). `log` is how a run is watched, not what
+# it trains: a run stored before the field existed resumes with any choice.
 RESUMABLE_CHANGES = frozenset(
-    {"epochs", "resume", "out", "device", "threads", "eval_batch", "verbose", "data_dir", "download"}
+    {"epochs", "resume", "out", "device", "threads", "eval_batch", "verbose", "data_dir", "download", "log"}
 )
 
 
@@ -141,6 +143,12 @@ class TrainConfig:
     eval_batch: int = _opt(1000, "batch size of evaluation passes")
     fm_batch: int = _opt(256, "first test images used to measure CS and feature-map similarity")
     verbose: bool = _opt(True, "print one line per epoch")
+    log: str = _opt(
+        "csv",
+        "per-epoch log beside metrics.jsonl: csv (metrics.csv), tensorboard (event files in tensorboard/, "
+        "with per-layer CS and feature-map similarity; pip install convsim[tensorboard]) or none",
+        LOGS,
+    )
 
     def __post_init__(self) -> None:
         self.validate()

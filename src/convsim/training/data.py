@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from convsim import data as _data
+from convsim import models as _models
 from convsim.training.config import TrainConfig
 from convsim.training.errors import ConfigError
 
@@ -46,7 +47,7 @@ def validation_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
 
 
 def load_data(config: TrainConfig, device: torch.device, fmt: torch.memory_format) -> dict[str, torch.Tensor]:
-    """The run's tensors, normalised float32 on ``device`` in ``fmt``.
+    """The run's tensors, float32 on ``device`` in ``fmt``: normalised for a classifier, in [0, 1] for a generative model.
 
     Keys: ``train_x, train_y, test_x, test_y, fm_x`` (the first ``fm_batch`` test images), and
     ``val_x, val_y`` (``early_stop="validation"``: the stratified held-out share of the training
@@ -73,8 +74,15 @@ def load_data(config: TrainConfig, device: torch.device, fmt: torch.memory_forma
     result: dict[str, torch.Tensor] = {}
     for key, value in out.items():
         if key.endswith("_x"):
-            value = _data.normalize(value, config.dataset).to(device).contiguous(memory_format=fmt)
+            value = _scale(value, config).to(device).contiguous(memory_format=fmt)
         else:
             value = value.to(device)
         result[key] = value
     return result
+
+
+def _scale(images: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """uint8 images as the model takes them: normalised (classifiers) or pixel / 255 (the VAE's Bernoulli, the GAN)."""
+    if config.model in _models.GENERATIVE_MODELS:
+        return images.float() / 255
+    return _data.normalize(images, config.dataset)

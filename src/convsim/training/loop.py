@@ -3,14 +3,14 @@ r"""Train one CNN with the CS regulariser, the CS initialisation or a baseline p
 Reading order: :func:`train` (device, threads, process group) → :func:`_train` (the run, top to
 bottom) → its set-up (:func:`make_regularisers`, a fresh start or a resumption) → one epoch
 (:func:`_run_epoch`: :func:`train_epoch` and :func:`train_step`, evaluation, early stopping,
-checkpoint) → :func:`load_run`. Every hyperparameter is a field of
+checkpoint, log) → :func:`load_run`. Every hyperparameter is a field of
 :class:`~convsim.training.config.TrainConfig`; the loop's other pieces live beside it, each
 imported from its own module: :mod:`convsim.training.data` (the tensors),
 :mod:`convsim.training.optim` (optimizer, lr schedule, CS initialisation),
 :mod:`convsim.training.evaluation` (accuracy, redundancy measurements),
 :mod:`convsim.training.early_stopping`, :mod:`convsim.training.checkpoint` (save, resume),
-:mod:`convsim.training.summary` (``summary.json``) and :mod:`convsim.training.distributed`
-(device, threads, DDP).
+:mod:`convsim.training.summary` (``summary.json``), :mod:`convsim.training.loggers` (``--log``) and
+:mod:`convsim.training.distributed` (device, threads, DDP).
 
 The objective of one step on a batch :math:`(x, y)` is
 
@@ -41,13 +41,16 @@ Files written to ``config.out`` (by rank 0 only):
     checksum. The checkpoint it replaces is kept as ``checkpoint.prev.pt``.
 ``summary.json``
     config, seed, versions, device, wall time, status and the final metrics.
+``metrics.csv`` or ``tensorboard/``
+    the per-epoch log ``log`` chooses (:mod:`convsim.training.loggers`; ``none``: neither).
 
 Resuming (``resume=True``) continues from ``checkpoint.pt`` to ``epochs``; one epoch, resume, one
 epoch gives bit-identical metrics (except ``seconds``) to two epochs straight on CPU. When
 ``checkpoint.pt`` is unusable (unreadable, or its checksum fails) the run resumes from
 ``checkpoint.prev.pt`` with a warning (:func:`convsim.training.checkpoint.load_checkpoint`).
 ``metrics.jsonl`` is rebuilt from the history of the checkpoint used, so it holds exactly its
-epochs (a torn last line is repaired). Ctrl-C or SIGKILL loses at most the running epoch.
+epochs (a torn last line is repaired); so is ``metrics.csv``, and TensorBoard hides the events of
+epochs trained again. Ctrl-C or SIGKILL loses at most the running epoch.
 
 Example:
     >>> from convsim.training import TrainConfig, train
@@ -99,6 +102,7 @@ from convsim.training.distributed import DistEnv, default_threads, resolve_devic
 from convsim.training.early_stopping import ChannelFreezer, EarlyStopping, make_early_stopping
 from convsim.training.errors import ConfigError, RunDirectoryError
 from convsim.training.evaluation import autocast_context, evaluate, measure_redundancy
+from convsim.training.loggers import RunLogger, layer_redundancy, make_logger
 from convsim.training.optim import cs_initialization, cs_options, make_optimizer, set_learning_rate
 from convsim.training.summary import make_summary, state_digest, tensor_digest
 
@@ -155,11 +159,12 @@ def _train(config: TrainConfig, device: torch.device, env: DistEnv) -> dict[str,
             f"batch_size ({config.batch_size}) is the global batch and must be a multiple of the "
             f"number of processes ({env.world_size}) so that every rank gets an equal share"
         )
+    logger = make_logger(config, env)  # before any file is written: a missing tensorboard fails at once
     ckpt = load_checkpoint(out, config, warn=_warn if env.is_main else None)
     distributed.barrier(env)  # every rank has looked for a checkpoint before rank 0 writes one
     if ckpt is not None and is_finished(ckpt, config):
-        return _existing_summary(out, ckpt, config, env, device)
-    run = _set_up(config, device, env, ckpt, t_start)
+        return _existing_summary(out, ckpt, config, env, device, logger)
+    run = _set_up(config, device, env, ckpt, t_start, logger)
     _write_summary(run, "running")
     status = "running"
     try:
@@ -176,6 +181,7 @@ def _train(config: TrainConfig, device: torch.device, env: DistEnv) -> dict[str,
         raise
     finally:
         run.regularisers.remove()
+        run.logger.close()
     ddp = None
     if env.enabled:  # every rank takes part in the weight comparison
         ddp = {
@@ -249,6 +255,7 @@ class _Run:
     regularisers: Regularisers
     stopper: EarlyStopping | None
     data: dict[str, torch.Tensor]
+    logger: RunLogger  # the per-epoch log of config.log (rank 0; others log nothing)
     t_start: float  # time.perf_counter() when this process started the run
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per finished epoch
     initial: dict[str, Any] = field(default_factory=dict)  # measurements before the first epoch
@@ -260,7 +267,12 @@ class _Run:
 
 
 def _set_up(
-    config: TrainConfig, device: torch.device, env: DistEnv, ckpt: dict[str, Any] | None, t_start: float
+    config: TrainConfig,
+    device: torch.device,
+    env: DistEnv,
+    ckpt: dict[str, Any] | None,
+    t_start: float,
+    logger: RunLogger,
 ) -> _Run:
     """Seeds, data, model, optimizer, regularisers and early stopping; then a fresh start or the checkpoint's state."""
     # 1. Seed everything (the same on every rank: identical model init and shuffling order).
@@ -285,13 +297,15 @@ def _set_up(
         make_regularisers(config, model),
         make_early_stopping(config, model),
         data,
+        logger,
         t_start,
     )
-    # 4. Fresh start (optional CS initialisation) or resumption from the checkpoint.
+    # 4. Fresh start (optional CS initialisation) or resumption from the checkpoint; the log follows.
     if ckpt is None:
         _start_fresh(run, init_digest)
     else:
         _resume(run, ckpt)
+    logger.start(run.history)
     # 5. Data parallel: wrap after the CS init so DDP's start-up broadcast syncs every rank to rank 0.
     if env.enabled:
         device_ids = [device.index] if device.type == "cuda" else None
@@ -364,6 +378,8 @@ def _run_epoch(run: _Run, epoch: int) -> str:
     t0 = time.perf_counter()
     config, stopper = run.config, run.stopper
     record = _train_and_score(run, epoch)
+    # per-layer measurements for the log, of the weights the record scored (before any early-stop restore)
+    layers = layer_redundancy(run.model, run.data["fm_x"]) if run.logger.per_layer else None
     stop = False
     if stopper is not None:
         threads = torch.get_num_threads()
@@ -392,6 +408,7 @@ def _run_epoch(run: _Run, epoch: int) -> str:
             wall=run.wall(),
         )
         append_jsonl(run.out / "metrics.jsonl", record)
+        run.logger.log_epoch(record, layers)
         _print_epoch(config, record)
     run.history.append(record)
     _write_summary(run, status)
@@ -568,15 +585,18 @@ def _print_epoch(config: TrainConfig, r: dict[str, Any]) -> None:
 
 
 def _existing_summary(
-    out: Path, ckpt: dict[str, Any], config: TrainConfig, env: DistEnv, device: torch.device
+    out: Path, ckpt: dict[str, Any], config: TrainConfig, env: DistEnv, device: torch.device, logger: RunLogger
 ) -> dict[str, Any]:
     """The summary of a finished run (resumed with nothing left to train), rewritten if stale.
 
-    ``metrics.jsonl`` is repaired from the checkpoint (a torn last line, say) when it differs.
+    ``metrics.jsonl`` (a torn last line, say) and the log (``metrics.csv``) are repaired from the
+    checkpoint when they differ.
     """
     if env.is_main:
         set_aside_unusable(out, ckpt)
         rewrite_metrics(out, ckpt["history"])
+    logger.start(ckpt["history"])
+    logger.close()
     path = out / "summary.json"
     if path.exists():
         summary: dict[str, Any] = json.loads(path.read_text())
