@@ -48,7 +48,14 @@ def test_every_file_of_a_training_run_is_0644_under_umask_022(tmp_path, umask):
     out = tmp_path / "run"
     train(faultlib.config(out, epochs=2))
     written = sorted(p.name for p in out.iterdir())
-    assert written == ["checkpoint.prev.pt", "checkpoint.pt", "init.jsonl", "metrics.csv", "metrics.jsonl", "summary.json"]
+    assert written == [
+        "checkpoint.prev.pt",
+        "checkpoint.pt",
+        "init.jsonl",
+        "metrics.csv",
+        "metrics.jsonl",
+        "summary.json",
+    ]
     assert {p.name: mode(p) for p in out.iterdir()} == dict.fromkeys(written, 0o644)
     assert mode(out) == 0o755
 

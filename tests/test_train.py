@@ -441,6 +441,9 @@ def test_cli_flags_round_trip_to_the_config():
         fm_batch=32,
         verbose=False,
         log="tensorboard",
+        cs_stride_aware=True,
+        fd_samples=500,
+        adam_beta1=0.5,
     )
     default = TrainConfig()
     assert all(getattr(config, f) != getattr(default, f) for f in CONFIG_FIELDS)

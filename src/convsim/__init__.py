@@ -7,9 +7,11 @@ The main entry points:
 - :mod:`convsim.penalties` — kernel-orthogonality and decorrelation baselines;
 - :class:`FeatureMapSimilarity` — streaming feature-map redundancy metric;
 - :mod:`convsim.theory` — the feature-map/kernel identity, executable;
-- :mod:`convsim.nnk` — NNK neighbourhoods and channel-wise NNK overlap.
+- :mod:`convsim.nnk` — NNK neighbourhoods and channel-wise NNK overlap;
+- :func:`analyze` — weight, feature-map and CW-NNK redundancy of every conv layer of any model.
 """
 
+from convsim.analysis import analyze
 from convsim.measure import FeatureMapSimilarity
 from convsim.similarity import ConvSimilarity, conv_similarity, conv_similarity_matrix, cs_initialize
 
@@ -17,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ConvSimilarity",
     "FeatureMapSimilarity",
+    "analyze",
     "conv_similarity",
     "conv_similarity_matrix",
     "cs_initialize",

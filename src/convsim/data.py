@@ -847,8 +847,9 @@ def normalize(
     Args:
         images: uint8 tensor of shape (..., C, H, W) (any device); C must match the dataset.
         dataset: a name in ``DATASETS`` or a :class:`DatasetInfo`; supplies mean and std.
-        mean, std: per-channel overrides (e.g. the ImageNet statistics (0.485, 0.456, 0.406) /
-            (0.229, 0.224, 0.225) that the CS authors' CIFAR-10 script used).
+        mean: per-channel override of the dataset's mean (e.g. the ImageNet statistics
+            (0.485, 0.456, 0.406) that the CS authors' CIFAR-10 script used).
+        std: per-channel override of the dataset's standard deviation (ImageNet: (0.229, 0.224, 0.225)).
 
     Returns:
         float32 tensor of the same shape and device.

@@ -42,7 +42,7 @@ import torch.distributed as dist
 from torch import nn
 
 from convsim._internal.hooks import capture, resolve_modules
-from convsim._internal.layers import CONV_TYPES, ConvLayer, select_conv_layers
+from convsim._internal.layers import ALL_CONV_TYPES, AnyConvLayer, filters, select_conv_layers
 from convsim._internal.modes import eval_mode
 from convsim.similarity import conv_similarity
 
@@ -147,6 +147,7 @@ def effective_rank(gram: torch.Tensor) -> torch.Tensor:
 
 
 def _layer_summary(moment: torch.Tensor, weight: torch.Tensor, groups: int, threshold: float) -> dict[str, float]:
+    """One layer's numbers from its feature-map second moment and its filters (C_out, C_in/groups, *k)."""
     cos = _offdiag(_cosine_from_moment(moment)).abs()
     kcos = _offdiag(kernel_cosine_matrix(weight)).abs()
     with torch.no_grad():
@@ -224,7 +225,7 @@ class FeatureMapSimilarity:
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if activation is not None and not callable(activation):
             raise TypeError("activation must be a callable tensor -> tensor or None")
-        modules: dict[str, ConvLayer]
+        modules: dict[str, AnyConvLayer]
         if layers is None:
             modules = dict(select_conv_layers(model))
             if not modules:
@@ -233,10 +234,10 @@ class FeatureMapSimilarity:
             if isinstance(layers, str) or not layers:
                 raise ValueError("layers must be a non-empty sequence of layer names")
             named = resolve_modules(model, list(layers))
-            bad = [n for n, m in named.items() if not isinstance(m, CONV_TYPES)]
+            bad = [n for n, m in named.items() if not isinstance(m, ALL_CONV_TYPES)]
             if bad:
-                raise ValueError(f"layers must be Conv1d/2d/3d modules; not convs: {bad}")
-            modules = {n: m for n, m in named.items() if isinstance(m, CONV_TYPES)}
+                raise ValueError(f"layers must be Conv1d/2d/3d or ConvTranspose1d/2d/3d modules; not convs: {bad}")
+            modules = {n: m for n, m in named.items() if isinstance(m, ALL_CONV_TYPES)}
         self.model = model
         self._modules = modules
         self.centered = bool(centered)
@@ -283,7 +284,7 @@ class FeatureMapSimilarity:
                 raise RuntimeError(f"layer {name!r} was never called during update()")
             gram, sums, count = self._synced(name)
             moment = _second_moment(gram, sums, count, self.centered)
-            out[name] = _layer_summary(moment, module.weight, module.groups, self.threshold)
+            out[name] = _layer_summary(moment, filters(module), module.groups, self.threshold)
         return out
 
     def _synced(self, name: str) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -9,6 +9,7 @@ from torch import nn
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 TRANSPOSED_CONV_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+ALL_CONV_TYPES = CONV_TYPES + TRANSPOSED_CONV_TYPES
 ConvLayer = nn.Conv1d | nn.Conv2d | nn.Conv3d
 AnyConvLayer = ConvLayer | nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d
 Predicate = Callable[[str, nn.Module], bool]
@@ -56,21 +57,22 @@ def select_conv_layers(
     include: Predicate | None = None,
     exclude: Predicate | None = None,
     min_out_per_group: int = 2,
-) -> list[tuple[str, ConvLayer]]:
-    """Named Conv1d/2d/3d layers of ``model`` that a weight regulariser acts on.
+) -> list[tuple[str, AnyConvLayer]]:
+    """Named Conv1d/2d/3d and ConvTranspose1d/2d/3d layers of ``model`` that a weight regulariser acts on.
 
     A layer is selected when it has at least ``min_out_per_group`` output channels per group
     (a layer with fewer has no filter pairs), ``include(name, module)`` is true (default: always)
-    and ``exclude(name, module)`` is false (default: never). Transposed convs are not selected.
+    and ``exclude(name, module)`` is false (default: never). A transposed conv's output channels
+    are its filters (:func:`filters`).
     Names are those of ``model.named_modules()`` on the unwrapped model (no ``module.`` prefix
     under DistributedDataParallel, no ``_orig_mod.`` prefix after ``torch.compile``).
     """
     for fn, label in ((include, "include"), (exclude, "exclude")):
         if fn is not None and not callable(fn):
             raise TypeError(f"{label} must be a callable (name, module) -> bool, got {type(fn).__name__}")
-    chosen: list[tuple[str, ConvLayer]] = []
+    chosen: list[tuple[str, AnyConvLayer]] = []
     for name, module in unwrap(model).named_modules():
-        if not isinstance(module, CONV_TYPES):
+        if not isinstance(module, ALL_CONV_TYPES):
             continue
         if module.out_channels // module.groups < min_out_per_group:
             continue

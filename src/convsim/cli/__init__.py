@@ -32,6 +32,7 @@ COMMANDS = {
     "reproduce": ("convsim.cli.reproduce", "run a suite of trainings and write report.md with figures"),
     "overlap": ("convsim.cli.overlap", "channel-wise NNK overlap analysis of trained runs"),
     "report": ("convsim.cli.report", "rebuild a suite's report from its committed run files"),
+    "analyze": ("convsim.cli.analyze", "channel redundancy of any conv net on your data: tables and figures"),
 }
 
 

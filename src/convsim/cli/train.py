@@ -9,6 +9,7 @@ from convsim.training import distributed
 from convsim.training.checkpoint import stored_config
 from convsim.training.config import TrainConfig, add_arguments, config_from_args
 from convsim.training.loop import train
+from convsim.training.summary import headline
 
 __all__ = ["add_arguments", "run"]
 
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         return 130
     if distributed.detect().is_main and config.verbose:
         print(
-            f"{summary['status']}: test_acc {summary['test_acc']:.4f} after {summary['epochs_run']} epochs "
+            f"{summary['status']}: {headline(summary)} after {summary['epochs_run']} epochs "
             f"({summary['wall_time']:.1f}s) -> {config.out}"
         )
     return 0

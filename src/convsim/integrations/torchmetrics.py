@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from convsim._internal.hooks import capture, resolve_modules
-from convsim._internal.layers import CONV_TYPES, TRANSPOSED_CONV_TYPES, AnyConvLayer
+from convsim._internal.layers import ALL_CONV_TYPES, AnyConvLayer, filters
 from convsim._internal.modes import eval_mode
 from convsim.measure import FeatureMapSimilarity, _gram_stats, _layer_summary, _second_moment
 
@@ -106,7 +106,7 @@ class FeatureMapSimilarityMetric(Metric):
         self._convs: dict[str, AnyConvLayer] = {
             name: m
             for name, m in resolve_modules(model, self.layers).items()
-            if isinstance(m, (*CONV_TYPES, *TRANSPOSED_CONV_TYPES))  # all of them: the plain metric checked
+            if isinstance(m, ALL_CONV_TYPES)  # all of them: the plain metric checked
         }
         self._index = {name: i for i, name in enumerate(self.layers)}
         for i, module in enumerate(self._convs.values()):
@@ -138,5 +138,5 @@ class FeatureMapSimilarityMetric(Metric):
             if count == 0:
                 raise RuntimeError(f"layer {name!r} was never called during update(): no feature maps were seen")
             moment = _second_moment(getattr(self, f"gram_{i}"), getattr(self, f"sums_{i}"), count, self.centered)
-            out[name] = _layer_summary(moment, module.weight, module.groups, self.threshold)
+            out[name] = _layer_summary(moment, filters(module), module.groups, self.threshold)
         return out

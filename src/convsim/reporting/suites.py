@@ -45,6 +45,7 @@ from convsim.reporting.methods import CS_INIT_METHODS, CS_REG_METHODS, METHODS, 
 from convsim.reporting.runs import read_json
 from convsim.training.checkpoint import FINAL_STATUSES, has_checkpoint
 from convsim.training.config import LOGS, normalize_config_dict
+from convsim.training.summary import headline
 
 
 @dataclass(frozen=True)
@@ -502,7 +503,7 @@ def _train_one(spec_dict: dict, run_dir: str, run_opts: dict) -> tuple[str, str,
         status = run_status(Path(run_dir))
         if status != "complete":
             return name, "failed", time.perf_counter() - t0, f"train returned with status {summary.get('status')!r}"
-        return name, status, time.perf_counter() - t0, f"test acc {summary.get('test_acc', float('nan')):.4f}"
+        return name, status, time.perf_counter() - t0, headline(summary)
     except Exception as exc:  # one failed run must not stop the suite
         tb = traceback.format_exc(limit=4)
         return name, "failed", time.perf_counter() - t0, f"{type(exc).__name__}: {exc}\n{tb}"

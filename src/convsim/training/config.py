@@ -29,7 +29,7 @@ from convsim.similarity import CHANNELS, PAIRS
 from convsim.training.distributed import DEVICES
 from convsim.training.errors import ConfigError, ConfigTypeError
 
-MODELS = _models.CLASSIFIERS  # the generative models have their own trainer
+MODELS = _models.MODELS
 DATASETS = tuple(_data.DATASETS)
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("none", "cosine", "step")
@@ -86,7 +86,8 @@ class TrainConfig:
     )
     optimizer: str = _opt("sgd", "training optimizer", OPTIMIZERS)
     lr: float = _opt(0.01, "learning rate")
-    momentum: float = _opt(0.9, "SGD momentum (Adam uses its default betas)")
+    momentum: float = _opt(0.9, "SGD momentum (Adam: see adam_beta1)")
+    adam_beta1: float = _opt(0.9, "Adam's first-moment decay (0.9 is Adam's default; DCGAN uses 0.5)")
     weight_decay: float = _opt(0.0, "L2 weight decay of the optimizer, on every parameter")
     schedule: str = _opt("none", "lr schedule per epoch: none | cosine to 0 | step (x0.1 at 50%% and 75%%)", SCHEDULES)
     # --- Convolutional Similarity
@@ -99,6 +100,9 @@ class TrainConfig:
         "loss: add beta*CS to the loss; decoupled: a separate CS gradient step after "
         "each optimizer step, outside momentum (like AdamW's weight decay)",
         CS_MODES,
+    )
+    cs_stride_aware: bool = _opt(
+        False, "stride-aware CS: each layer's own stride (default: stride 1, the paper's definition)"
     )
     init_iters: int = _opt(0, "CS-initialisation steps before training, 0 = off")
     init_lr: float = _opt(2e-3, "learning rate of the CS-initialisation steps")
@@ -141,7 +145,12 @@ class TrainConfig:
     bf16: bool = _opt(False, "bfloat16 autocast for forward passes (CPU or CUDA)")
     threads: int = _opt(0, "torch CPU threads, 0 = physical cores (divided among DDP ranks)")
     eval_batch: int = _opt(1000, "batch size of evaluation passes")
-    fm_batch: int = _opt(256, "first test images used to measure CS and feature-map similarity")
+    fm_batch: int = _opt(
+        256, "first test images (vae, dcgan: fixed latent codes) used to measure CS and feature-map similarity"
+    )
+    fd_samples: int = _opt(
+        10000, "vae, dcgan: generated images the per-epoch Frechet distance compares with the test set"
+    )
     verbose: bool = _opt(True, "print one line per epoch")
     log: str = _opt(
         "csv",
@@ -180,6 +189,7 @@ class TrainConfig:
             ("batch_size", self.batch_size >= 1, ">= 1"),
             ("lr", self.lr > 0 and math.isfinite(self.lr), "> 0"),
             ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+            ("adam_beta1", 0 <= self.adam_beta1 < 1, "in [0, 1)"),
             ("weight_decay", self.weight_decay >= 0, ">= 0"),
             ("beta", self.beta >= 0 and math.isfinite(self.beta), ">= 0"),
             ("init_iters", self.init_iters >= 0, ">= 0"),
@@ -192,11 +202,16 @@ class TrainConfig:
             ("threads", self.threads >= 0, ">= 0 (0 = physical cores)"),
             ("eval_batch", self.eval_batch >= 1, ">= 1"),
             ("fm_batch", self.fm_batch >= 2, ">= 2"),
+            ("fd_samples", self.fd_samples >= 2, ">= 2"),
             ("out", bool(self.out), "a non-empty path"),
         ]
         for name, ok, expected in checks:
             if not ok:
                 raise ConfigError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+        if self.model in _models.GENERATIVE_MODELS and self.early_stop != "none":
+            raise ConfigError(
+                f"early_stop {self.early_stop!r} needs a classifier; {self.model} trains with early_stop none"
+            )
 
 
 CONFIG_FIELDS = tuple(f.name for f in fields(TrainConfig))

@@ -47,7 +47,7 @@ def validation_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[
 
 
 def load_data(config: TrainConfig, device: torch.device, fmt: torch.memory_format) -> dict[str, torch.Tensor]:
-    """The run's tensors, float32 on ``device`` in ``fmt``: normalised for a classifier, in [0, 1] for a generative model.
+    """The run's tensors, float32 on ``device`` in ``fmt``: normalised (classifiers) or in [0, 1] (vae, dcgan).
 
     Keys: ``train_x, train_y, test_x, test_y, fm_x`` (the first ``fm_batch`` test images), and
     ``val_x, val_y`` (``early_stop="validation"``: the stratified held-out share of the training

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convsim._internal.layers import filters
 from convsim._internal.modes import eval_mode
 from convsim.training import distributed
 from convsim.training.config import TrainConfig
@@ -91,7 +92,7 @@ def measure_redundancy(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
         result: dict[str, Any] = {"cs": float(cs()), "cs_normalized": float(ConvSimilarity(model, normalize=True)())}
         modules = dict(model.named_modules())
         result["kernel_norm"] = {
-            name: float(modules[name].weight.detach().flatten(1).norm(dim=1).mean()) for name in cs.layers
+            name: float(filters(modules[name]).detach().flatten(1).norm(dim=1).mean()) for name in cs.layers
         }
         for centered in (False, True):
             metric = FeatureMapSimilarity(model, centered=centered, sync_on_compute=False)  # rank 0 alone measures

@@ -102,6 +102,7 @@ from convsim.training.distributed import DistEnv, default_threads, resolve_devic
 from convsim.training.early_stopping import ChannelFreezer, EarlyStopping, make_early_stopping
 from convsim.training.errors import ConfigError, RunDirectoryError
 from convsim.training.evaluation import autocast_context, evaluate, measure_redundancy
+from convsim.training.generative import Scorer, cs_target, generative_epoch, make_scorer
 from convsim.training.loggers import RunLogger, layer_redundancy, make_logger
 from convsim.training.optim import cs_initialization, cs_options, make_optimizer, set_learning_rate
 from convsim.training.summary import make_summary, state_digest, tensor_digest
@@ -158,6 +159,10 @@ def _train(config: TrainConfig, device: torch.device, env: DistEnv) -> dict[str,
         raise ConfigError(
             f"batch_size ({config.batch_size}) is the global batch and must be a multiple of the "
             f"number of processes ({env.world_size}) so that every rank gets an equal share"
+        )
+    if env.enabled and config.model == "dcgan":
+        raise ConfigError(
+            "dcgan trains in one process (its alternating steps are not wrapped for DDP); run it without torchrun"
         )
     logger = make_logger(config, env)  # before any file is written: a missing tensorboard fails at once
     ckpt = load_checkpoint(out, config, warn=_warn if env.is_main else None)
@@ -223,12 +228,16 @@ class Regularisers:
 def make_regularisers(config: TrainConfig, model: nn.Module) -> Regularisers:
     """The CS regulariser of ``config`` (``beta > 0``; in the loss or decoupled, per ``cs_mode``) and its penalty.
 
+    Both act on :func:`~convsim.training.generative.cs_target` of the model: the whole classifier,
+    a VAE's decoder or a DCGAN's generator.
+
     Example:
         >>> regs = make_regularisers(TrainConfig(beta=0.1, cs_mode="decoupled"), _models.build("cnn1"))
         >>> regs.in_loss, type(regs.decoupled).__name__
         ([], 'ConvSimilarity')
     """
     regs = Regularisers()
+    model = cs_target(model)  # a VAE's decoder, a DCGAN's generator
     if config.beta > 0:
         cs = ConvSimilarity(model, beta=config.beta, **cs_options(config))
         if config.cs_mode == "decoupled":
@@ -256,6 +265,7 @@ class _Run:
     stopper: EarlyStopping | None
     data: dict[str, torch.Tensor]
     logger: RunLogger  # the per-epoch log of config.log (rank 0; others log nothing)
+    scorer: Scorer | None  # vae, dcgan: the FD classifier and the test set's feature statistics
     t_start: float  # time.perf_counter() when this process started the run
     history: list[dict[str, Any]] = field(default_factory=list)  # one record per finished epoch
     initial: dict[str, Any] = field(default_factory=dict)  # measurements before the first epoch
@@ -298,6 +308,7 @@ def _set_up(
         make_early_stopping(config, model),
         data,
         logger,
+        make_scorer(config, model, data, device),
         t_start,
     )
     # 4. Fresh start (optional CS initialisation) or resumption from the checkpoint; the log follows.
@@ -317,8 +328,8 @@ def _start_fresh(run: _Run, init_digest: str) -> None:
     """Clear old log files, run the CS initialisation, measure the initial model, write checkpoint epoch 0."""
     if run.env.is_main:
         reset_run_files(run.out)
-    init_cs = cs_initialization(run.config, run.model, run.optimizer, run.out, run.env)
-    run.initial = measure_redundancy(run.model, run.data["fm_x"]) if run.env.is_main else {}
+    init_cs = cs_initialization(run.config, cs_target(run.model), run.optimizer, run.out, run.env)
+    run.initial = _measure(run) if run.env.is_main else {}
     run.initial["init_cs"] = init_cs
     run.initial["weights_sha256"] = init_digest
     if run.env.is_main:
@@ -379,7 +390,7 @@ def _run_epoch(run: _Run, epoch: int) -> str:
     config, stopper = run.config, run.stopper
     record = _train_and_score(run, epoch)
     # per-layer measurements for the log, of the weights the record scored (before any early-stop restore)
-    layers = layer_redundancy(run.model, run.data["fm_x"]) if run.logger.per_layer else None
+    layers = layer_redundancy(cs_target(run.model), run.data["fm_x"]) if run.logger.per_layer else None
     stop = False
     if stopper is not None:
         threads = torch.get_num_threads()
@@ -419,26 +430,47 @@ def _train_and_score(run: _Run, epoch: int) -> dict[str, Any]:
     """One pass over the shuffled training set, then the test metrics and (rank 0) the redundancy measurements."""
     config, d = run.config, run.data
     lr = set_learning_rate(run.optimizer, config, epoch)
-    perm = torch.randperm(d["train_y"].shape[0], generator=run.shuffle_gen)
-    train_stats = train_epoch(
-        run.net,
-        d["train_x"],
-        d["train_y"],
-        perm,
-        config,
-        run.optimizer,
-        run.regularisers.in_loss,
-        run.stopper,
-        run.env,
-        run.device,
-        desc=f"epoch {epoch}/{config.epochs}",
-        decoupled=run.regularisers.decoupled,
-    )
+    perm = torch.randperm(d["train_x"].shape[0], generator=run.shuffle_gen)
+    desc = f"epoch {epoch}/{config.epochs}"
+    if run.scorer is None:
+        train_stats = train_epoch(
+            run.net,
+            d["train_x"],
+            d["train_y"],
+            perm,
+            config,
+            run.optimizer,
+            run.regularisers.in_loss,
+            run.stopper,
+            run.env,
+            run.device,
+            desc=desc,
+            decoupled=run.regularisers.decoupled,
+        )
+    else:
+        train_stats = generative_epoch(
+            run.net,
+            d["train_x"],
+            _progress(minibatches(perm, config, run.env, run.device), desc, _show_progress(run.env, config)),
+            run.optimizer,
+            run.regularisers.in_loss,
+            lambda: autocast_context(config, run.device),
+            run.env,
+            run.regularisers.decoupled,
+        )
     record = {"epoch": epoch, "lr": lr, **train_stats, "order_sha256": tensor_digest(perm)}
-    record.update(evaluate(run.model, d["test_x"], d["test_y"], config, run.env, prefix="test"))
+    if run.scorer is None:
+        record.update(evaluate(run.model, d["test_x"], d["test_y"], config, run.env, prefix="test"))
     if run.env.is_main:
-        record.update(measure_redundancy(run.model, d["fm_x"]))
+        record.update(_measure(run))
     return record
+
+
+def _measure(run: _Run) -> dict[str, Any]:
+    """Rank 0's measurements of the current weights: redundancy of the CS target; FD and NELBO of a generative model."""
+    if run.scorer is not None:
+        return run.scorer.score(run.model)
+    return measure_redundancy(run.model, run.data["fm_x"])
 
 
 def _write_summary(run: _Run, status: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -521,16 +553,11 @@ def train_epoch(
     per step), and ``train_samples`` (images seen this epoch), all reduced over ranks.
     """
     net.train()
-    if env.enabled:
-        perm = perm[: len(perm) - len(perm) % env.world_size]
-    perm = perm.to(device)
-    batches = list(torch.split(perm, config.batch_size))
-    if config.drop_last and len(batches) > 1 and len(batches[-1]) < config.batch_size:
-        batches.pop()
+    batches = minibatches(perm, config, env, device)
     freezer = stopper.freezer if stopper is not None else None
     autocast = lambda: autocast_context(config, device)  # noqa: E731
     fmt = _memory_format(config)
-    show = env.is_main and config.verbose and sys.stderr.isatty()
+    show = _show_progress(env, config)
     bar = _progress(batches, desc, show)
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     for step, idx in enumerate(bar):
@@ -548,6 +575,21 @@ def train_epoch(
         "reg_loss": reg_sum / n_steps,
         "train_samples": int(count),
     }
+
+
+def minibatches(perm: torch.Tensor, config: TrainConfig, env: DistEnv, device: torch.device) -> list[torch.Tensor]:
+    """The epoch's global batches: ``perm`` (cut to a multiple of the world size under DDP) in
+    pieces of ``batch_size``, without a short last one when ``drop_last``."""
+    if env.enabled:
+        perm = perm[: len(perm) - len(perm) % env.world_size]
+    batches = list(torch.split(perm.to(device), config.batch_size))
+    if config.drop_last and len(batches) > 1 and len(batches[-1]) < config.batch_size:
+        batches.pop()
+    return batches
+
+
+def _show_progress(env: DistEnv, config: TrainConfig) -> bool:
+    return env.is_main and config.verbose and sys.stderr.isatty()
 
 
 def _progress(items: list[torch.Tensor], desc: str, show: bool) -> Any:
@@ -571,9 +613,14 @@ def _print_epoch(config: TrainConfig, r: dict[str, Any]) -> None:
         extra = f" frozen {r['es_frozen_count']}/{len(r['es_frozen'])}"
     elif "val_error" in r:
         extra = f" val_err {r['val_error']:.4f}"
+    if "test_acc" in r:
+        scores = f"loss {r['train_loss']:.4f}  acc {r['train_acc']:.4f}  test {r['test_acc']:.4f}"
+    elif "test_nelbo" in r:
+        scores = f"nelbo {r['train_nelbo']:.2f}  test {r['test_nelbo']:.2f}  fd {r['fd']:.4g}"
+    else:
+        scores = f"d {r['d_loss']:.4f}  g {r['g_loss']:.4f}  fd {r['fd']:.4g}"
     print(
-        f"epoch {r['epoch']:>3}/{config.epochs}  loss {r['train_loss']:.4f}  acc {r['train_acc']:.4f}  "
-        f"test {r['test_acc']:.4f}  cs {r['cs']:.4g}  fm {r['fm_similarity']:.3f}{extra}  "
+        f"epoch {r['epoch']:>3}/{config.epochs}  {scores}  cs {r['cs']:.4g}  fm {r['fm_similarity']:.3f}{extra}  "
         f"{r['seconds']:.1f}s",
         flush=True,
     )

@@ -22,7 +22,7 @@ from convsim.training.distributed import DistEnv
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD (``momentum``) or Adam (default betas) over every parameter, at ``lr`` with ``weight_decay``.
+    """SGD (``momentum``) or Adam (betas ``(adam_beta1, 0.999)``) over every parameter, at ``lr`` with ``weight_decay``.
 
     Example:
         >>> type(make_optimizer(TrainConfig(optimizer="adam"), nn.Linear(2, 2))).__name__
@@ -31,7 +31,7 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
     params = list(model.parameters())
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, betas=(config.adam_beta1, 0.999), weight_decay=config.weight_decay)
 
 
 def lr_factor(schedule: str, epoch: int, epochs: int) -> float:

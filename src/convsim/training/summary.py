@@ -12,6 +12,7 @@ import hashlib
 import os
 import platform
 import subprocess
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ FINAL_KEYS = (
     "kernel_cosine",
     "fm_similarity",
     "fm_similarity_centered",
+    "fd",  # the generative models' scores
+    "test_nelbo",
 )
 
 
@@ -78,7 +81,8 @@ def make_summary(
     delivered = next((r for r in history if r["epoch"] == delivered_epoch), {})
     if early is not None and early["restored"]:
         early["test_acc_restored"] = delivered.get("test_acc")
-    best = max(history, key=lambda r: r["test_acc"]) if history else {}
+    scored = [r for r in history if "test_acc" in r]  # a generative model has no accuracy
+    best = max(scored, key=lambda r: r["test_acc"]) if scored else {}
     summary = {
         "status": status,
         "epochs_run": history[-1]["epoch"] if history else 0,
@@ -100,6 +104,19 @@ def make_summary(
     }
     summary.update({k: delivered.get(k) for k in FINAL_KEYS})
     return summary
+
+
+def headline(summary: Mapping[str, Any]) -> str:
+    """A run's score in a few words: its test accuracy, or a generative model's FD.
+
+    Example:
+        >>> headline({"test_acc": 0.8512}), headline({"test_acc": None, "fd": 12.345})
+        ('test_acc 0.8512', 'fd 12.35')
+    """
+    if summary.get("test_acc") is not None:
+        return f"test_acc {summary['test_acc']:.4f}"
+    fd = summary.get("fd")
+    return f"fd {fd:.4g}" if fd is not None else "no score yet"
 
 
 def tensor_digest(t: torch.Tensor) -> str:
