@@ -26,13 +26,21 @@ root of those weights (so the losses below need no weights at all). Per-channel 
 a hand-written backward (:math:`\partial L/\partial S` is closed-form), so no complex tensors and
 no autograd graph over the spectra. ``summed`` couples all filters at every frequency; it uses the
 per-frequency Gram matrix of the same half spectrum (quadratic in :math:`M`).
+
+Stride-aware CS (issue 10, ``stride=``, ``transposed=``): a transposed conv keeps only the lags on
+the lattice :math:`s\mathbb Z`, a strided forward conv sums the squared polyphase correlations
+(:func:`conv_similarity`). Both are computed from the spectra of the phase sub-kernels
+:math:`K^\varphi[u]=K[\varphi+su]`: the folded power spectrum :math:`\sum_\varphi|\hat K^\varphi|^2`
+(forward) and the per-frequency phase Gram :math:`vv^H`, :math:`v=(\hat K^\varphi)_\varphi`
+(transposed), so per-channel and cross stay linear in :math:`M`, with the same closed-form backward.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterable
+import itertools
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -40,7 +48,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from convsim._internal.layers import Predicate, select_conv_layers
+from convsim._internal.layers import AnyConvLayer, Predicate, is_transposed, output_filters, select_conv_layers
 
 PAIRS = ("all", "adjacent")
 CHANNELS = ("per_channel", "summed", "cross")
@@ -61,7 +69,7 @@ def _check_options(pairs: str, channels: str, reduction: str, normalize: bool = 
         raise TypeError(f"normalize must be a bool, got {type(normalize).__name__}")
 
 
-def _check_weight(weight: torch.Tensor, groups: int = 1) -> None:
+def _check_weight(weight: torch.Tensor, groups: int = 1, transposed: bool = False) -> None:
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
     if weight.dim() < 3:
@@ -72,8 +80,26 @@ def _check_weight(weight: torch.Tensor, groups: int = 1) -> None:
         raise TypeError(f"weight must be a floating-point tensor, got {weight.dtype}")
     if isinstance(groups, bool) or not isinstance(groups, int):
         raise TypeError(f"groups must be an int, got {type(groups).__name__}")
+    if not isinstance(transposed, bool):
+        raise TypeError(f"transposed must be a bool, got {type(transposed).__name__}")
+    which = "input channels of the transposed weight (C_in, C_out/groups, *k)" if transposed else "output channels"
     if groups < 1 or weight.shape[0] % groups:
-        raise ValueError(f"groups={groups} must be >= 1 and divide the {weight.shape[0]} output channels")
+        raise ValueError(f"groups={groups} must be >= 1 and divide the {weight.shape[0]} {which}")
+
+
+def per_axis_stride(stride: int | Sequence[int], dims: int) -> tuple[int, ...]:
+    """``stride`` (an int for every axis, or one positive int per spatial axis) as a ``dims``-tuple.
+
+    Example:
+        >>> per_axis_stride(2, 3), per_axis_stride((1, 2), 2)
+        ((2, 2, 2), (1, 2))
+    """
+    values = (stride,) * dims if isinstance(stride, int) else tuple(stride) if isinstance(stride, Sequence) else None
+    if values is None or isinstance(stride, str):
+        raise TypeError(f"stride must be an int or a sequence of ints, got {type(stride).__name__}")
+    if len(values) != dims or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise ValueError(f"stride must be a positive int or {dims} of them (one per spatial axis), got {stride!r}")
+    return values
 
 
 def _no_autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -185,6 +211,26 @@ def _sq_norm(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x).square()
 
 
+def _pair_sum(t: torch.Tensor, pairs: str) -> tuple[torch.Tensor, torch.Tensor]:
+    r""":math:`L=\sum_{(i,j)}\langle T_i, T_j\rangle` over the pairs of each group, T (G, m, ...).
+
+    Also returns what the gradient needs (:func:`_pair_grad`): the sum over the group's filters
+    (all pairs) or :math:`dL/dT` itself (adjacent pairs).
+    """
+    if pairs == "all":
+        total = t.sum(1, keepdim=True)
+        return 0.5 * (_sq_norm(total) - _sq_norm(t)), total
+    dt = torch.zeros_like(t)
+    dt[:, 1:] += t[:, :-1]
+    dt[:, :-1] += t[:, 1:]
+    return 0.5 * torch.linalg.vecdot(t.reshape(-1), dt.reshape(-1)), dt
+
+
+def _pair_grad(t: torch.Tensor | None, kept: torch.Tensor, pairs: str) -> torch.Tensor:
+    r""":math:`dL/dT_i`: :math:`\sum_j T_j - T_i` (all pairs) or :math:`T_{i-1}+T_{i+1}` (adjacent)."""
+    return kept - t if pairs == "all" and t is not None else kept
+
+
 class _ParsevalCS(torch.autograd.Function):
     r"""Per-channel or cross CS over all or adjacent pairs within groups, in time linear in M.
 
@@ -207,24 +253,15 @@ class _ParsevalCS(torch.autograd.Function):
         else:
             t = power.sum(1).view(groups, m // groups, h)
         ctx.basis, ctx.shape, ctx.pairs = basis, weight.shape, pairs
-        if pairs == "all":
-            total = t.sum(1, keepdim=True)
-            ctx.save_for_backward(spec, t, total)
-            return 0.5 * (_sq_norm(total) - _sq_norm(t))
-        dt = torch.zeros_like(t)
-        dt[:, 1:] += t[:, :-1]
-        dt[:, :-1] += t[:, 1:]
-        ctx.save_for_backward(spec, dt)
-        return 0.5 * torch.linalg.vecdot(t.reshape(-1), dt.reshape(-1))
+        value, kept = _pair_sum(t, pairs)
+        ctx.save_for_backward(spec, t if pairs == "all" else None, kept)
+        return value
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        if ctx.pairs == "all":
-            spec, t, total = ctx.saved_tensors
-            dt = total - t
-        else:
-            spec, dt = ctx.saved_tensors
+        spec, t, kept = ctx.saved_tensors
+        dt = _pair_grad(t, kept, ctx.pairs)
         m, c = ctx.shape[:2]
         h = dt.shape[-1]
         # dS_ic = dT_i(c) (broadcast over c for "cross"); d spec = 2 spec dS; then back through the matmul.
@@ -249,8 +286,13 @@ def _filter_gram(spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _summed_loss(weight: torch.Tensor, pairs: str, groups: int) -> torch.Tensor:
-    m, c = weight.shape[:2]
-    spec = _half_spectrum(weight).view(groups, m // groups, c, 2, -1)
+    return _summed_spectrum_loss(_half_spectrum(weight), pairs, groups)
+
+
+def _summed_spectrum_loss(spec: torch.Tensor, pairs: str, groups: int) -> torch.Tensor:
+    """Channel-summed CS from the half spectrum (M, C, 2, H) of the weight's slices (autograd)."""
+    m, c = spec.shape[:2]
+    spec = spec.view(groups, m // groups, c, 2, -1)
     if pairs == "adjacent":
         re, im = spec[:, :, :, 0], spec[:, :, :, 1]  # (G, m, C, H)
         real = (re[:, :-1] * re[:, 1:] + im[:, :-1] * im[:, 1:]).sum(2)
@@ -260,6 +302,295 @@ def _summed_loss(weight: torch.Tensor, pairs: str, groups: int) -> torch.Tensor:
     # lose the value in float32 exactly where this variant gets small (near-orthogonal convolutions).
     real, imag = _filter_gram(spec)
     return real.triu(1).square().sum() + imag.triu(1).square().sum()
+
+
+# --------------------------------------------------------------------------- stride-aware (issue 10)
+
+
+def phase_masks(
+    shape: Sequence[int], stride: Sequence[int], *, dtype: torch.dtype = torch.float32, device: Any = None
+) -> torch.Tensor:
+    r"""(P, \*shape) 0/1 masks of the :math:`P=\prod_a s_a` phases :math:`\varphi`, in row-major order.
+
+    ``mask[p][t] = 1`` iff :math:`t_a\equiv\varphi_a \pmod{s_a}` on every axis, :math:`\varphi` the
+    p-th element of ``itertools.product(*map(range, stride))``: the one phase convention of the
+    stride-aware CS and of :mod:`convsim.theory`.
+
+    Example:
+        >>> phase_masks([5], [2])
+        tensor([[1., 0., 1., 0., 1.],
+                [0., 1., 0., 1., 0.]])
+    """
+    grids = torch.meshgrid(*[torch.arange(n) for n in shape], indexing="ij")
+    masks = []
+    for phase in itertools.product(*map(range, stride)):
+        mask = torch.ones(tuple(shape), dtype=torch.bool)
+        for grid, p, s in zip(grids, phase, stride, strict=True):
+            mask &= grid % s == p
+        masks.append(mask)
+    return torch.stack(masks).to(dtype=dtype, device=device)
+
+
+def _effective_stride(kernel: Sequence[int], stride: int | Sequence[int]) -> tuple[int, ...]:
+    """The stride per axis, capped at the kernel size: phases beyond the kernel are empty, lags >= k absent."""
+    return tuple(min(s, k) for s, k in zip(per_axis_stride(stride, len(kernel)), kernel, strict=True))
+
+
+@functools.cache
+def _phase_basis(kernel: tuple, stride: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    r"""(K, H'·2·P) basis of the phase sub-kernels' half spectra, straight from the kernel's K taps.
+
+    Tap n of phase :math:`\varphi` is tap :math:`u=(n-\varphi)/s` of the sub-kernel
+    :math:`K^\varphi[u]=K[\varphi+su]` (size :math:`k'=\lceil k/s\rceil` per axis), so its row holds
+    the :func:`_dft_basis` row of u (size :math:`2k'-1`, same weights) in phase :math:`\varphi`'s
+    column and zeros in the others. ``W.reshape(M*C, K) @ basis`` is (M·C, H', 2, P): real part and
+    minus imaginary part of every :math:`\hat K^\varphi(\omega_h)`, phases in the order of
+    :func:`phase_masks`; no copy of the weight is made.
+    """
+    sub = tuple(-(-k // s) for k, s in zip(kernel, stride, strict=True))
+    small = _dft_basis(sub, torch.float64, torch.device("cpu")).numpy()  # (K', 2H')
+    taps = np.indices(kernel).reshape(len(kernel), -1)
+    s = np.array(stride)[:, None]
+    out = np.zeros((taps.shape[1], int(np.prod(stride)), small.shape[1]))  # (K, P, 2H')
+    out[np.arange(taps.shape[1]), np.ravel_multi_index(taps % s, stride)] = small[np.ravel_multi_index(taps // s, sub)]
+    out = out.reshape(taps.shape[1], -1, 2, small.shape[1] // 2).transpose(0, 3, 2, 1)  # (K, H', 2, P)
+    with torch.inference_mode(False):  # autograd saves it for backward
+        return torch.from_numpy(out.reshape(taps.shape[1], -1)).to(device=device, dtype=dtype).contiguous()
+
+
+def _phase_spectra(weight: torch.Tensor, stride: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Weighted half spectra :math:`\hat K^\varphi` (M, C, H', 2, P) of the slices' phase sub-kernels; the basis."""
+    m, c = weight.shape[:2]
+    basis = _phase_basis(tuple(weight.shape[2:]), stride, weight.dtype, weight.device)
+    return (weight.reshape(m * c, -1) @ basis).view(m, c, -1, 2, int(np.prod(stride))), basis
+
+
+class _FoldedCS(torch.autograd.Function):
+    r"""Strided forward per-channel or cross CS of a weight (M, C, \*k), linear in M.
+
+    The pair term is :math:`\sum_{\delta\equiv0}R_{ic}[\delta]R_{jd}[\delta]=\langle F_{ic},F_{jd}\rangle`
+    with the folded power spectrum :math:`F=\sum_\varphi|\hat K^\varphi|^2` (weighted half
+    spectrum): :class:`_ParsevalCS` with F in place of the power spectrum, and
+    :math:`d\,\mathrm{spec}=2\,\mathrm{spec}\,dT` for every phase.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, weight: torch.Tensor, stride: tuple[int, ...], pairs: str, channels: str, groups: int
+    ) -> torch.Tensor:
+        spec, basis = _phase_spectra(weight, stride)
+        m, c, h = spec.shape[:3]
+        folded = spec.square().sum((3, 4))  # (M, C, H')
+        if channels == "per_channel":
+            t = folded.view(groups, m // groups, c, h)
+        else:
+            t = folded.sum(1).view(groups, m // groups, h)
+        value, kept = _pair_sum(t, pairs)
+        ctx.basis, ctx.shape, ctx.pairs = basis, weight.shape, pairs
+        ctx.save_for_backward(spec, t if pairs == "all" else None, kept)
+        return value
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
+        spec, t, kept = ctx.saved_tensors
+        m, c, h = spec.shape[:3]
+        dt = _pair_grad(t, kept, ctx.pairs)  # (G, m/G, [C,] H'); "cross" broadcasts over C
+        dspec = 2 * spec * dt.reshape(m, -1, h, 1, 1)
+        return (dspec.view(m * c, -1) @ (ctx.basis.T * grad)).view(ctx.shape), None, None, None, None
+
+
+def _gram_parts(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Real and imaginary parts :math:`(A, B)` of :math:`\sum_n v_nv_n^H` for rows ``z`` = [re | im] (..., n, 2P).
+
+    :math:`A_{pq}=\sum_n(\mathrm{re}_{np}\mathrm{re}_{nq}+\mathrm{im}_{np}\mathrm{im}_{nq})` (symmetric),
+    :math:`B_{pq}=\sum_n(\mathrm{im}_{np}\mathrm{re}_{nq}-\mathrm{re}_{np}\mathrm{im}_{nq})` (antisymmetric):
+    blocks of the one real Gram :math:`z^Tz`.
+    """
+    p = z.shape[-1] // 2
+    full = z.mT @ z
+    return full[..., :p, :p] + full[..., p:, p:], full[..., p:, :p] - full[..., :p, p:]
+
+
+def _hermitian_apply(z: torch.Tensor, sym: torch.Tensor, anti: torch.Tensor) -> torch.Tensor:
+    r""":math:`(S+iN)v_n` for rows ``z`` = [re | im] (..., n, 2P), S symmetric, N antisymmetric (..., P, P).
+
+    Row form of :math:`(S\,\mathrm{re}-N\,\mathrm{im},\ S\,\mathrm{im}+N\,\mathrm{re})`, one product
+    with the real form :math:`\begin{pmatrix}S&-N\\N&S\end{pmatrix}` (:math:`x^TS=(Sx)^T`,
+    :math:`x^TN=-(Nx)^T`); returns [re | im] rows.
+    """
+    return z @ torch.cat([torch.cat([sym, -anti], -1), torch.cat([anti, sym], -1)], -2)
+
+
+def _phase_rows(weight: torch.Tensor, basis: torch.Tensor, phases: int, groups: int, per_channel: bool) -> torch.Tensor:
+    """Phase spectra as [re | im] rows, frequency first: (H', C, G, m, 2P) per channel, (H', G, m, C, 2P) cross.
+
+    One broadcast matmul per frequency of the (reordered) slices with that frequency's basis block,
+    so the P×P sums over filters (per channel) or channels (cross) are batched matrix products.
+    """
+    m, c = weight.shape[:2]
+    k = basis.shape[0]
+    slices = weight.reshape(groups, m // groups, c, k)
+    if per_channel:
+        slices = slices.permute(2, 0, 1, 3)
+    blocks = basis.view(k, -1, 2 * phases).transpose(0, 1)  # (H', K, 2P)
+    z = torch.matmul(slices.reshape(-1, k), blocks)  # (H', rows, 2P)
+    return z.view(z.shape[0], *slices.shape[:3], z.shape[-1])
+
+
+def _phase_rows_grad(dz: torch.Tensor, basis: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Back through :func:`_phase_rows`: d rows (H', *rows, 2P) -> d slices (*rows, K), in the rows' order."""
+    k = basis.shape[0]
+    blocks = basis.view(k, -1, dz.shape[-1]).transpose(0, 1)  # (H', K, 2P)
+    return (dz.view(dz.shape[0], -1, dz.shape[-1]) @ (blocks.mT * grad)).sum(0).view(*dz.shape[1:4], k)
+
+
+class _PhaseGramCS(torch.autograd.Function):
+    r"""Transposed per-channel or cross CS on the lattice, from a filters weight (M, C, \*k), linear in M.
+
+    With :math:`v_{ic}(\omega)=(\hat K^\varphi_{ic}(\omega))_\varphi\in\mathbb C^P`, the lattice
+    term of two slices is :math:`|v_{ic}^Hv_{jd}|^2=\langle v_{ic}v_{ic}^H, v_{jd}v_{jd}^H\rangle`
+    (weighted half spectrum, so summed over :math:`\omega` it is the Parseval sum).
+
+    * per-channel, all pairs: with :math:`\Sigma=\sum_i v_iv_i^H` per group, channel and frequency,
+      :math:`L=\tfrac12\sum(\|\Sigma\|^2-\sum_i|v_i|^4)` and :math:`dL/dv_i=2(\Sigma v_i-|v_i|^2v_i)`;
+    * per-channel, adjacent: :math:`L=\sum_i|w_i|^2`, :math:`w_i=v_i^Hv_{i+1}`,
+      :math:`dL/dv_i=2(\bar w_iv_{i+1}+w_{i-1}v_{i-1})`;
+    * cross: :math:`T_i=\sum_c v_{ic}v_{ic}^H` (P×P per frequency), :math:`L=\sum_{(i,j)}\langle T_i,T_j\rangle`
+      (:func:`_pair_sum`) and :math:`dL/dv_{ic}=2D_iv_{ic}` with :math:`D_i=dL/dT_i`.
+
+    Only P×P sums are formed (no M·C·P² tensor); the gradients are the real forms of :math:`2\,dL/d\bar v`.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, weight: torch.Tensor, stride: tuple[int, ...], pairs: str, channels: str, groups: int
+    ) -> torch.Tensor:
+        per_channel = channels == "per_channel"
+        basis = _phase_basis(tuple(weight.shape[2:]), stride, weight.dtype, weight.device)
+        z = _phase_rows(
+            weight, basis, int(np.prod(stride)), groups, per_channel
+        )  # (H', C, G, m, 2P) / (H', G, m, C, 2P)
+        ctx.basis, ctx.shape, ctx.pairs, ctx.per_channel = basis, weight.shape, pairs, per_channel
+        if not per_channel:
+            a, b = _gram_parts(z)  # T_i: (H', G, m, P, P) each
+            t = torch.stack([a, b]).permute(2, 3, 0, 1, 4, 5).reshape(groups, a.shape[2], -1)
+            value, kept = _pair_sum(t, pairs)
+            ctx.save_for_backward(z, t if pairs == "all" else None, kept)
+            return value
+        if pairs == "all":
+            a, b = _gram_parts(z)  # Sigma: (H', C, G, P, P) each
+            norms = z.square().sum(-1)  # |v_i|^2: (H', C, G, m)
+            ctx.save_for_backward(z, a, b, norms)
+            return 0.5 * (_sq_norm(a) + _sq_norm(b) - _sq_norm(norms))
+        p = z.shape[-1] // 2
+        re, im = z[..., :p], z[..., p:]
+        wr = (z[..., :-1, :] * z[..., 1:, :]).sum(-1)  # w_i = v_i^H v_{i+1}: (H', C, G, m-1)
+        wi = (re[..., :-1, :] * im[..., 1:, :] - im[..., :-1, :] * re[..., 1:, :]).sum(-1)
+        ctx.save_for_backward(z, wr, wi)
+        return _sq_norm(wr) + _sq_norm(wi)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None, None]:
+        z, *saved = ctx.saved_tensors
+        if not ctx.per_channel:
+            t, kept = saved
+            h, g, m, _, p2 = z.shape
+            d = _pair_grad(t, kept, ctx.pairs).view(g, m, 2, h, p2 // 2, p2 // 2).permute(2, 3, 0, 1, 4, 5)
+            dz = _hermitian_apply(z, d[0] + d[0].mT, d[1] - d[1].mT)
+        elif ctx.pairs == "all":
+            a, b, norms = saved
+            dz = _hermitian_apply(z, 2 * a, 2 * b) - 2 * norms.unsqueeze(-1) * z
+        else:
+            dz = _adjacent_grad(z, *saved)
+        dw = _phase_rows_grad(dz, ctx.basis, grad)  # (C, G, m, K) per channel, (G, m, C, K) cross
+        return (dw.permute(1, 2, 0, 3) if ctx.per_channel else dw).reshape(ctx.shape), None, None, None, None, None
+
+
+def _adjacent_grad(z: torch.Tensor, wr: torch.Tensor, wi: torch.Tensor) -> torch.Tensor:
+    r""":math:`dL/dv_i=2(\bar w_iv_{i+1}+w_{i-1}v_{i-1})` as [re | im] rows; z (..., m, 2P), w (..., m-1)."""
+    p = z.shape[-1] // 2
+    re, im = z[..., :p], z[..., p:]
+    wr, wi = wr.unsqueeze(-1), wi.unsqueeze(-1)
+    dre, dim = torch.zeros_like(re), torch.zeros_like(im)
+    dre[..., :-1, :] += 2 * (wr * re[..., 1:, :] + wi * im[..., 1:, :])
+    dim[..., :-1, :] += 2 * (wr * im[..., 1:, :] - wi * re[..., 1:, :])
+    dre[..., 1:, :] += 2 * (wr * re[..., :-1, :] - wi * im[..., :-1, :])
+    dim[..., 1:, :] += 2 * (wr * im[..., :-1, :] + wi * re[..., :-1, :])
+    return torch.cat([dre, dim], -1)
+
+
+def _strided_summed(w: torch.Tensor, stride: tuple[int, ...], groups: int, adjacent: bool) -> torch.Tensor:
+    r"""Forward stride-aware channel-summed pair terms, (G, m, m) per group or (G, m-1) adjacent.
+
+    :math:`T_{ij}=\sum_\psi\sum_\ell\big(\sum_c P^\psi_{ic,jc}[\ell]\big)^2
+    =\sum_\psi\frac1Q\sum_\omega\big|\sum_c\overline{\hat K^{(\psi)}_{ic}}\hat K_{jc}\big|^2(\omega)`,
+    :math:`K^{(\psi)}` the kernel with the taps of other phases zeroed, DFT size :math:`2k-1`
+    (quadratic in M, like the stride-1 ``summed``). Symmetric in (i, j) after the sum over phases.
+    """
+    m, c, *kernel = w.shape
+    basis = _dft_basis(tuple(kernel), w.dtype, w.device)
+    h = basis.shape[1] // 2
+    masks = phase_masks(kernel, stride, dtype=w.dtype, device=w.device).reshape(-1, basis.shape[0])  # (P, K)
+    flat = w.reshape(m, c, 1, -1)
+    full = (flat @ basis).view(groups, m // groups, c, 2, h)
+    masked = ((flat * masks) @ basis).view(groups, m // groups, c, -1, 2, h)
+    re, im = full.select(3, 0).unsqueeze(3), full.select(3, 1).unsqueeze(3)  # (G, m, C, 1, H)
+    mre, mim = masked.select(4, 0), masked.select(4, 1)  # (G, m, C, P, H)
+    if adjacent:
+        real = (mre[:, :-1] * re[:, 1:] + mim[:, :-1] * im[:, 1:]).sum(2)  # (G, m-1, P, H)
+        imag = (mre[:, :-1] * im[:, 1:] - mim[:, :-1] * re[:, 1:]).sum(2)
+        return (real.square() + imag.square()).flatten(2).sum(-1)
+    re, im = re.squeeze(3), im.squeeze(3)
+    real = torch.einsum("gicph,gjch->gphij", mre, re) + torch.einsum("gicph,gjch->gphij", mim, im)
+    imag = torch.einsum("gicph,gjch->gphij", mre, im) - torch.einsum("gicph,gjch->gphij", mim, re)
+    return (real.square() + imag.square()).sum((1, 2))
+
+
+def _lattice_loss(
+    w: torch.Tensor, stride: tuple[int, ...], transposed: bool, pairs: str, channels: str, groups: int
+) -> torch.Tensor:
+    """Stride-aware CS of the output filters w (M, C, *k), some stride > 1 (see conv_similarity)."""
+    if channels != "summed":
+        function = _PhaseGramCS if transposed else _FoldedCS
+        return function.apply(w, stride, pairs, channels, groups)
+    if transposed:  # lattice lags: the stride-1 summed CS with (channel, phase) as the channels
+        return _summed_spectrum_loss(_phases_as_channels(w, stride), pairs, groups)
+    terms = _strided_summed(w, stride, groups, adjacent=pairs == "adjacent")
+    return terms.sum() if pairs == "adjacent" else terms.triu(1).sum()
+
+
+def _phases_as_channels(w: torch.Tensor, stride: tuple[int, ...]) -> torch.Tensor:
+    """Phase spectra (M, C, H', 2, P) as the half spectrum (M, C·P, 2, H') of C·P sub-kernel slices."""
+    spec = _phase_spectra(w, stride)[0]
+    return spec.permute(0, 1, 4, 3, 2).reshape(w.shape[0], -1, 2, spec.shape[2])
+
+
+def _lattice_matrix(w: torch.Tensor, stride: tuple[int, ...], transposed: bool, channels: str) -> torch.Tensor:
+    """(M, M) stride-aware pair terms of the output filters w (M, C, *k), diagonal not yet zeroed."""
+    if channels == "summed" and not transposed:
+        terms = _strided_summed(w, stride, 1, adjacent=False)[0]
+        return (terms + terms.T) / 2
+    if channels == "summed":
+        real, imag = _filter_gram(_phases_as_channels(w, stride).unsqueeze(0))
+        return (real.square() + imag.square()).sum(0)
+    if not transposed:
+        folded = _phase_spectra(w, stride)[0].square().sum((3, 4))  # (M, C, H'): folded power spectra
+        feats = (folded.sum(1) if channels == "cross" else folded).reshape(w.shape[0], -1)
+        return feats @ feats.T
+    basis = _phase_basis(tuple(w.shape[2:]), stride, w.dtype, w.device)
+    z = _phase_rows(
+        w, basis, int(np.prod(stride)), 1, per_channel=channels == "per_channel"
+    )  # (H', C, 1, M, 2P) / (H', 1, M, C, 2P)
+    if channels == "cross":  # <T_i, T_j>, T_i = sum_c v_ic v_ic^H
+        feats = torch.stack(_gram_parts(z)).squeeze(2).permute(2, 0, 1, 3, 4)
+        feats = feats.reshape(w.shape[0], -1)
+        return feats @ feats.T
+    p = z.shape[-1] // 2
+    re, im = z[..., :p], z[..., p:]
+    real, imag = re @ re.mT + im @ im.mT, re @ im.mT - im @ re.mT  # v_ic^H v_jc: (H', C, 1, M, M)
+    return (real.square() + imag.square()).sum((0, 1, 2))
 
 
 # --------------------------------------------------------------------------- public API
@@ -273,6 +604,8 @@ def conv_similarity(
     normalize: bool = False,
     reduction: str = "sum",
     groups: int = 1,
+    stride: int | Sequence[int] = 1,
+    transposed: bool = False,
 ) -> torch.Tensor:
     r"""Convolutional Similarity of one conv weight (M, C, \*kernel): a differentiable 0-dim tensor.
 
@@ -282,16 +615,53 @@ def conv_similarity(
     with :math:`T` as in the module docstring, :math:`\tilde W` = ``normalize_kernels(W)`` if
     ``normalize`` else :math:`W`, and :math:`\mathcal P_g` the pairs inside group g.
 
+    Stride-aware terms (issue 10), :math:`\equiv` modulo the stride s per axis. A **transposed** conv
+    meets only the lags on the lattice :math:`s\mathbb Z` (:mod:`convsim.theory`), so with
+    :math:`K_{ic}=W[c,i]` its output filters
+
+    .. math::
+        T^{pc}_{ij}=\sum_c\sum_{\ell\equiv0}\big((K_{ic}\star K_{jc})[\ell]\big)^2,\quad
+        T^{sum}_{ij}=\sum_{\ell\equiv0}\Big(\sum_c(K_{ic}\star K_{jc})[\ell]\Big)^2,\quad
+        T^{x}_{ij}=\sum_{c,d}\sum_{\ell\equiv0}\big((K_{ic}\star K_{jd})[\ell]\big)^2 .
+
+    A strided **forward** conv meets the polyphase correlations
+    :math:`P^\psi_{ic,jd}[\ell]=\sum_{n\equiv\psi}K_{ic}[n]\,K_{jd}[n+\ell]`:
+
+    .. math::
+        T^{pc}_{ij}=\sum_c\sum_\psi\sum_\ell\big(P^\psi_{ic,jc}[\ell]\big)^2,\quad
+        T^{sum}_{ij}=\sum_\psi\sum_\ell\Big(\sum_c P^\psi_{ic,jc}[\ell]\Big)^2,\quad
+        T^{x}_{ij}=\sum_{c,d}\sum_\psi\sum_\ell\big(P^\psi_{ic,jd}[\ell]\big)^2 .
+
+    Each bounds :math:`|\langle F_i,F_j\rangle|^2` up to an input-only factor (Cauchy–Schwarz, under
+    the input assumption of its channel mode) and is the stride-1 term at stride 1. How: with the
+    phase sub-kernels :math:`K^\varphi[u]=K[\varphi+su]` of size :math:`k'=\lceil k/s\rceil` and
+    their spectra :math:`\hat K^\varphi` at size :math:`2k'-1`,
+    :math:`\sum_\psi\sum_\ell(P^\psi_{ic,jd}[\ell])^2=\sum_{\delta\equiv0}R_{ic}[\delta]R_{jd}[\delta]
+    =\frac1{Q'}\sum_\omega F_{ic}F_{jd}` with the folded power spectrum
+    :math:`F=\sum_\varphi|\hat K^\varphi|^2` (the DFT of the autocorrelation on the lattice), and
+    :math:`\sum_{\ell\equiv0}((K_{ic}\star K_{jd})[\ell])^2=\frac1{Q'}\sum_\omega|v_{ic}^Hv_{jd}|^2
+    =\frac1{Q'}\sum_\omega\langle v_{ic}v_{ic}^H, v_{jd}v_{jd}^H\rangle` with
+    :math:`v=(\hat K^\varphi)_\varphi`. Both are inner products of per-filter features (one value
+    per frequency forward, :math:`2s^{2d}` transposed), so per-channel and cross stay linear in M;
+    ``summed`` stays quadratic. A stride of at least the kernel size k on an axis acts as stride k
+    there (no lag but 0 lies on the lattice and every phase holds one tap).
+
     Args:
-        weight: Conv1d/2d/3d weight (M, C, \*kernel), any floating dtype and device.
+        weight: Conv1d/2d/3d weight (M, C, \*kernel), or with ``transposed=True`` a
+            ConvTranspose1d/2d/3d weight (C, M/groups, \*kernel) whose output channels are paired
+            (within their group); any floating dtype and device.
         pairs: ``"all"`` (every unordered pair i < j) or ``"adjacent"`` (j = i + 1; with
             ``"per_channel"`` this is the authors' released definition).
         channels: ``"per_channel"`` (released), ``"summed"`` (OCNN-like) or ``"cross"``.
         normalize: rescale every output kernel to unit norm first (scale invariant per filter).
         reduction: ``"sum"`` or ``"mean"`` (divided by ``num_pairs(M, pairs, groups)``).
         groups: filters are paired only within each of ``groups`` consecutive blocks of output channels.
+        stride: the layer's stride, an int or one per spatial axis; 1 (default) is the paper's CS.
+        transposed: the weight is a transposed conv's.
 
-    Cost: per-channel and cross, O(M·C·K·Q) for both pair sets; summed all-pairs, O(M²·C·Q).
+    Cost: per-channel and cross, O(M·C·K·Q) for both pair sets; summed all-pairs, O(M²·C·Q). With a
+    stride, per-channel and cross stay linear in M: O(M·C·K·Q') forward and O(M·C·(K + s^{2d})·Q')
+    transposed (:math:`Q'=\prod_a(2k'_a-1)\approx Q/s^d`); summed forward is O(M²·C·s^d·Q).
     Double backward (``create_graph=True``) is not supported for per-channel and cross.
 
     Example:
@@ -304,52 +674,81 @@ def conv_similarity(
         True
         >>> torch.allclose(conv_similarity(2 * w), 16 * conv_similarity(w))  # fourth order in the weights
         True
+        >>> up = torch.randn(8, 4, 4, 4, dtype=torch.float64)  # ConvTranspose2d(8, 4, 4, stride=2).weight
+        >>> lattice = conv_similarity(up, stride=2, transposed=True)  # pairs of its 4 output channels
+        >>> bool(lattice <= conv_similarity(up, transposed=True))  # only the lags on the lattice 2Z remain
+        True
     """
-    _check_weight(weight, groups)
+    _check_weight(weight, groups, transposed)
     _check_options(pairs, channels, reduction, normalize)
-    if num_pairs(weight.shape[0], pairs, groups) == 0:  # one filter per group: exactly 0, still differentiable
+    filters = output_filters(weight, groups) if transposed else weight
+    stride = _effective_stride(filters.shape[2:], stride)
+    n = num_pairs(filters.shape[0], pairs, groups)
+    if n == 0:  # one filter per group: exactly 0, still differentiable
         return weight.sum() * 0
     with _no_autocast(weight.device):
-        w = normalize_kernels(weight) if normalize else weight
-        if channels == "summed":
+        w = normalize_kernels(filters) if normalize else filters
+        if stride != (1,) * len(stride):
+            total = _lattice_loss(w, stride, transposed, pairs, channels, groups)
+        elif channels == "summed":
             total = _summed_loss(w, pairs, groups)
         else:
             total = _ParsevalCS.apply(w, pairs, channels, groups)
     if reduction == "mean":
-        total = total / max(num_pairs(weight.shape[0], pairs, groups), 1)
+        total = total / max(n, 1)
     return total
 
 
 def conv_similarity_matrix(
-    weight: torch.Tensor, channels: str = "per_channel", *, normalize: bool = False
+    weight: torch.Tensor,
+    channels: str = "per_channel",
+    *,
+    normalize: bool = False,
+    stride: int | Sequence[int] = 1,
+    transposed: bool = False,
+    groups: int = 1,
 ) -> torch.Tensor:
     r"""(M, M) symmetric tensor of the pair terms :math:`T_{ij}` with a zero diagonal, for heat maps.
 
     Its sum is twice ``conv_similarity(weight, pairs="all", channels=channels, normalize=normalize)``
-    and its first off-diagonal sums to the adjacent loss. Cost O(M²·C·Q) (it is an M×M table).
+    (with the same ``stride`` and ``transposed``) and its first off-diagonal sums to the adjacent
+    loss. The table covers every pair of output filters, across groups too; ``groups`` only
+    regroups a transposed weight (C, M/groups, \*k) into its M output filters. Cost O(M²·C·Q) (it
+    is an M×M table).
 
     Example:
         >>> w = torch.randn(4, 3, 3, 3, dtype=torch.float64)
         >>> mat = conv_similarity_matrix(w)
         >>> torch.allclose(mat.sum() / 2, conv_similarity(w))
         True
+        >>> torch.allclose(conv_similarity_matrix(w, stride=2).sum() / 2, conv_similarity(w, stride=2))
+        True
     """
-    _check_weight(weight)
+    _check_weight(weight, groups, transposed)
     _check_options("all", channels, "sum", normalize)
+    filters = output_filters(weight, groups) if transposed else weight
+    stride = _effective_stride(filters.shape[2:], stride)
     with _no_autocast(weight.device):
-        w = normalize_kernels(weight) if normalize else weight
+        w = normalize_kernels(filters) if normalize else filters
         m = w.shape[0]
-        spec = _half_spectrum(w)  # (M, C, 2, H)
-        if channels == "summed":
-            real, imag = _filter_gram(spec.unsqueeze(0))  # (H, M, M)
-            mat = (real.square() + imag.square()).sum(0)
+        if stride != (1,) * len(stride):
+            mat = _lattice_matrix(w, stride, transposed, channels)
         else:
-            power = _power(spec)  # (M, C, H)
-            if channels == "cross":
-                power = power.sum(1)
-            power = power.reshape(m, -1)
-            mat = power @ power.T
+            mat = _plain_matrix(w, channels)
     return mat * (1 - torch.eye(m, dtype=mat.dtype, device=mat.device))
+
+
+def _plain_matrix(w: torch.Tensor, channels: str) -> torch.Tensor:
+    """(M, M) stride-1 pair terms of the filters w (M, C, *k), diagonal not yet zeroed."""
+    spec = _half_spectrum(w)  # (M, C, 2, H)
+    if channels == "summed":
+        real, imag = _filter_gram(spec.unsqueeze(0))  # (H, M, M)
+        return (real.square() + imag.square()).sum(0)
+    power = _power(spec)  # (M, C, H)
+    if channels == "cross":
+        power = power.sum(1)
+    power = power.reshape(w.shape[0], -1)
+    return power @ power.T
 
 
 class ConvSimilarity(nn.Module):
@@ -359,7 +758,9 @@ class ConvSimilarity(nn.Module):
     shortcuts included) unless ``include``/``exclude`` predicates ``(name, module) -> bool`` say
     otherwise; grouped convs are paired within their groups. The module holds no parameters of its
     own and reads the weights on every call, so it works after ``model.to(...)`` and under
-    DistributedDataParallel. Options are those of :func:`conv_similarity`.
+    DistributedDataParallel. Options are those of :func:`conv_similarity`. With
+    ``stride_aware=True`` each layer's CS uses the layer's own ``stride`` (issue 10); the default
+    ``False`` uses stride 1 for every layer, the paper's definition.
 
     Example:
         >>> net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
@@ -385,6 +786,7 @@ class ConvSimilarity(nn.Module):
         reduction: str = "sum",
         include: Predicate | None = None,
         exclude: Predicate | None = None,
+        stride_aware: bool = False,
     ):
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -392,11 +794,14 @@ class ConvSimilarity(nn.Module):
         if isinstance(beta, bool) or not isinstance(beta, (int, float)):
             raise TypeError(f"beta must be a number, got {type(beta).__name__}")
         _check_options(pairs, channels, reduction, normalize)
+        if not isinstance(stride_aware, bool):
+            raise TypeError(f"stride_aware must be a bool, got {type(stride_aware).__name__}")
         selected = select_conv_layers(model, include, exclude)
         if not selected:
             raise ValueError("no conv layer with at least 2 output channels per group was selected in the model")
         self.beta = float(beta)
         self.options: dict[str, Any] = dict(pairs=pairs, channels=channels, normalize=normalize, reduction=reduction)
+        self.stride_aware = stride_aware
         # A plain list: the model's parameters must not become this module's parameters.
         self._selected = selected
 
@@ -407,7 +812,13 @@ class ConvSimilarity(nn.Module):
 
     def per_layer(self) -> dict[str, torch.Tensor]:
         """Unweighted CS of every selected layer: name -> differentiable 0-dim tensor."""
-        return {name: conv_similarity(m.weight, groups=m.groups, **self.options) for name, m in self._selected}
+        return {name: conv_similarity(m.weight, **self._layer_options(m)) for name, m in self._selected}
+
+    def _layer_options(self, module: AnyConvLayer) -> dict[str, Any]:
+        """The conv_similarity arguments of one selected layer: its groups, whether it is transposed, and
+        its stride if stride-aware (the weight goes in raw: conv_similarity regroups a transposed one)."""
+        stride = module.stride if self.stride_aware else 1
+        return dict(groups=module.groups, stride=stride, transposed=is_transposed(module), **self.options)
 
     def forward(self) -> torch.Tensor:
         return self.beta * torch.stack(list(self.per_layer().values())).sum()
@@ -440,9 +851,7 @@ class ConvSimilarity(nn.Module):
             return self().detach()
         leaves = [m.weight.detach().requires_grad_(True) for _, m in selected]
         with torch.enable_grad():
-            values = [
-                conv_similarity(w, groups=m.groups, **self.options) for w, (_, m) in zip(leaves, selected, strict=True)
-            ]
+            values = [conv_similarity(w, **self._layer_options(m)) for w, (_, m) in zip(leaves, selected, strict=True)]
             value = self.beta * torch.stack(values).sum()
             grads = torch.autograd.grad(value, leaves)
         for (_, m), g in zip(selected, grads, strict=True):
@@ -451,7 +860,7 @@ class ConvSimilarity(nn.Module):
 
     def extra_repr(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
-        return f"beta={self.beta}, {opts}, layers={len(self._selected)}"
+        return f"beta={self.beta}, {opts}, stride_aware={self.stride_aware}, layers={len(self._selected)}"
 
 
 def cs_initialize(
@@ -470,7 +879,7 @@ def cs_initialize(
     on into training: the coupling the paper names as future work. Only the selected conv weights
     receive gradients; other parameters and buffers (BatchNorm statistics) are left untouched.
     ``cs_options`` go to :class:`ConvSimilarity` (``pairs``, ``channels``, ``normalize``,
-    ``reduction``, ``include``, ``exclude``, ``beta``).
+    ``reduction``, ``include``, ``exclude``, ``beta``, ``stride_aware``).
 
     Returns the CS loss before each step (``iterations`` floats; one host sync at the end).
 

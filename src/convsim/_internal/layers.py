@@ -28,13 +28,17 @@ def filters(module: AnyConvLayer) -> torch.Tensor:
     A transposed conv convolves where a forward conv correlates, so these filters are the
     transposed layer's up to a spatial flip, which no pairwise correlation or cosine measure sees.
     """
-    w = module.weight
-    if not is_transposed(module):
-        return w
-    g = module.groups
-    c_in, m_per_group, *k = w.shape
-    grouped = w.reshape(g, c_in // g, m_per_group, *k).transpose(1, 2)
-    return grouped.reshape(g * m_per_group, c_in // g, *k)
+    return output_filters(module.weight, module.groups) if is_transposed(module) else module.weight
+
+
+def output_filters(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """A transposed conv's weight (C_in, C_out/groups, *k) as its output filters (C_out, C_in/groups, *k).
+
+    Row ``i`` holds ``weight[c, i mod (C_out/groups)]`` for the inputs ``c`` of ``i``'s group.
+    """
+    c_in, m_per_group, *k = weight.shape
+    grouped = weight.reshape(groups, c_in // groups, m_per_group, *k).transpose(1, 2)
+    return grouped.reshape(groups * m_per_group, c_in // groups, *k)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

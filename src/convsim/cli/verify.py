@@ -37,7 +37,12 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def identity_checks(seed: int = 0) -> list[dict]:
-    """Relative error of the identity per padding, 1-D (spec §3.3 setting) and 2-D multi-channel."""
+    """Relative error of the identity per padding, 1-D (spec §3.3 setting) and 2-D multi-channel.
+
+    Then the stride-2 rows of issue 10, full padding only (both exact): a forward conv (polyphase
+    correlations) and a transposed conv (the input's correlations on the lattice 2Z), 4x4 kernels
+    as in DCGAN. Every row has ``stride`` and ``transposed``.
+    """
     g = torch.Generator().manual_seed(seed)
     f64 = torch.float64
     settings = [
@@ -66,11 +71,40 @@ def identity_checks(seed: int = 0) -> list[dict]:
                 {
                     "setting": label,
                     "padding": padding,
+                    "stride": 1,
+                    "transposed": False,
                     "exact": exact,
                     "rel_error": err,
                     "ok": (err <= TOLERANCE) if exact else True,
                 }
             )
+    strided = [
+        (
+            "2-D  C=3  20x20    k=4x4 M=4 stride 2",
+            False,
+            torch.randn(2, 3, 20, 20, generator=g, dtype=f64),
+            torch.randn(4, 3, 4, 4, generator=g, dtype=f64),
+        ),
+        (
+            "2-D  C=3  7x7      k=4x4 M=4 stride 2 transposed",
+            True,
+            torch.randn(2, 3, 7, 7, generator=g, dtype=f64),
+            torch.randn(3, 4, 4, 4, generator=g, dtype=f64),
+        ),
+    ]
+    for label, transposed, x, w in strided:
+        err = theory.identity_error(x, w, "full", stride=2, transposed=transposed).item()
+        out.append(
+            {
+                "setting": label,
+                "padding": "full",
+                "stride": 2,
+                "transposed": transposed,
+                "exact": True,
+                "rel_error": err,
+                "ok": err <= TOLERANCE,
+            }
+        )
     return out
 
 
@@ -128,7 +162,8 @@ def _print_identity(seed: int) -> list[dict]:
     ident = identity_checks(seed)
     print("## 1. Identity <F_i, F_j> = sum_cd <K_ic (x) K_jd, R_cd on the lag window>\n")
     print("Relative Frobenius error of the (M, M) Gram of the bias-free maps against the prediction")
-    print("from kernel and input correlations (circular R for circular padding, linear R otherwise).\n")
+    print("from kernel and input correlations (circular R for circular padding, linear R otherwise).")
+    print("Stride 2, full padding: polyphase correlations (forward), R on the lattice 2Z (transposed).\n")
     rows = [
         [
             r["setting"],
