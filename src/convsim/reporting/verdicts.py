@@ -44,6 +44,8 @@ MARGINS: dict[str, float] = {
     "fm_similarity": 0.02,  # mean |cos| between feature maps, uncentred
     "fm_similarity_centered": 0.02,  # the same, centred
     "kernel_cosine": 0.01,  # mean |cos| between flattened kernels
+    "fd": 0.5,  # Fréchet distance in the FD classifier's features: about 5% of a trained baseline's
+    "test_nelbo": 1.0,  # nats per image of the VAE's negative ELBO
 }
 SUPERIORITY, NON_INFERIORITY = "superiority", "non-inferiority"
 HOLDS, FAILS, NO_EFFECT, INCONCLUSIVE = "holds", "does not hold", "no meaningful effect", "inconclusive"

@@ -330,6 +330,8 @@ def _start_fresh(run: _Run, init_digest: str) -> None:
         reset_run_files(run.out)
     init_cs = cs_initialization(run.config, cs_target(run.model), run.optimizer, run.out, run.env)
     run.initial = _measure(run) if run.env.is_main else {}
+    if run.scorer is not None:  # which classifier the run's FD values are measured with
+        run.initial["fd_classifier"] = run.scorer.classifier.describe()
     run.initial["init_cs"] = init_cs
     run.initial["weights_sha256"] = init_digest
     if run.env.is_main:
