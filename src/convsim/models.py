@@ -28,6 +28,7 @@ __all__ = [
     "resnet18",
     "vae",
     "dcgan",
+    "vae_nelbo",
     "count_parameters",
     "BasicBlock",
     "ResNet",
@@ -265,10 +266,15 @@ class VAE(nn.Module):
 
     def nelbo(self, x: torch.Tensor) -> torch.Tensor:
         """Negative ELBO per image (N,), in nats; one reparameterised sample of z per image."""
-        logits, mu, logvar = self(x)
-        recon = nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
-        return recon + kl
+        return vae_nelbo(x, *self(x))
+
+
+def vae_nelbo(x: torch.Tensor, logits: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Negative ELBO per image (N,) from a :class:`VAE`'s outputs on ``x``: the Bernoulli negative
+    log-likelihood summed over pixels plus KL(N(mu, exp(logvar)) ‖ N(0, I)), in nats."""
+    recon = nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+    return recon + kl
 
 
 class DCGAN(nn.Module):

@@ -92,10 +92,7 @@ def vae_step(
     optimizer.zero_grad(set_to_none=True)
     with autocast():
         logits, mu, logvar = net(xb)
-    logits, mu, logvar = _fp32(logits), _fp32(mu), _fp32(logvar)
-    recon = F.binary_cross_entropy_with_logits(logits, xb, reduction="none").flatten(1).sum(1)
-    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
-    nelbo = recon + kl
+    nelbo = _models.vae_nelbo(xb, _fp32(logits), _fp32(mu), _fp32(logvar))
     reg = _regularise(nelbo.mean(), regularisers, optimizer)
     optimizer.step()
     if decoupled is not None:
