@@ -19,7 +19,12 @@ from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import File, Files
 
 # suite folder under docs/ -> folder of the site
-SUITES = {"quick": "experiments/quick", "fmnist": "experiments/fmnist"}
+SUITES = {
+    "quick": "experiments/quick",
+    "fmnist": "experiments/fmnist",
+    "analyze": "experiments/analyze",
+    "generative": "experiments/generative",
+}
 # file at the repository root -> page of the site
 ROOT_PAGES = {"BENCHMARKS.md": "benchmarks.md", "RELIABILITY.md": "reliability.md"}
 
