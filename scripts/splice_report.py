@@ -32,6 +32,7 @@ README_SECTIONS = {
         "Early stopping",
     ),
     "fmnist": ("Claims", "Setup", "Claim (d) at matched strength"),
+    "generative": ("Claims",),
 }
 # Within the overlap section only the correlation table is shown.
 OVERLAP = "Channel-wise NNK overlap"
