@@ -152,3 +152,11 @@ def test_cs_target_is_the_decoder_the_generator_or_the_classifier():
 def test_a_generative_model_refuses_early_stopping():
     with pytest.raises(ConfigError, match="needs a classifier"):
         TrainConfig(model="vae", early_stop="validation")
+
+
+def test_cs_stride_aware_reaches_the_regulariser_and_changes_its_value():
+    vae = models.build("vae")
+    plain = make_regularisers(TrainConfig(model="vae", beta=1.0), vae).in_loss[0]
+    aware = make_regularisers(TrainConfig(model="vae", beta=1.0, cs_stride_aware=True), vae).in_loss[0]
+    assert aware.stride_aware and not plain.stride_aware
+    assert float(aware()) != float(plain())

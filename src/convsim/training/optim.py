@@ -73,8 +73,13 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, config: TrainConfig, epo
 
 
 def cs_options(config: TrainConfig) -> dict[str, Any]:
-    """The CS loss options of ``config`` (``pairs``, ``channels``, ``normalize``) as keyword arguments."""
-    return dict(pairs=config.cs_pairs, channels=config.cs_channels, normalize=config.cs_normalize)
+    """The CS options of ``config`` (``pairs``, ``channels``, ``normalize``, ``stride_aware``) as keyword arguments."""
+    return dict(
+        pairs=config.cs_pairs,
+        channels=config.cs_channels,
+        normalize=config.cs_normalize,
+        stride_aware=config.cs_stride_aware,
+    )
 
 
 def cs_initialization(
