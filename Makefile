@@ -55,6 +55,7 @@ docs: install
 
 bench: install
 	$(PY) benchmarks/bench_similarity.py
+	$(PY) benchmarks/bench_cs_step.py
 	$(PY) benchmarks/bench_nnk.py
 	$(PY) benchmarks/bench_nnk_solvers.py
 	$(PY) benchmarks/bench_training.py

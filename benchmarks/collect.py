@@ -1,6 +1,6 @@
 """Assemble BENCHMARKS.md from the tables the benchmark scripts wrote under benchmarks/results/.
 
-    python benchmarks/bench_similarity.py && python benchmarks/bench_nnk.py \
+    python benchmarks/bench_similarity.py && python benchmarks/bench_cs_step.py && python benchmarks/bench_nnk.py \
         && python benchmarks/bench_nnk_solvers.py && python benchmarks/bench_training.py \
         && python benchmarks/collect.py
 """
@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = [
     ("similarity.md", "CS core (issue: core library)"),
+    ("cs_step.md", "CS inside a training step (issue 13)"),
     ("nnk.md", "NNK and channel-wise NNK (issue: convsim.nnk)"),
     ("nnk_solvers.md", "NNK solvers: exact against the released pruning solver (issue 14)"),
     ("training.md", "Training on a CPU (issue: experiments)"),

@@ -27,6 +27,14 @@ a hand-written backward (:math:`\partial L/\partial S` is closed-form), so no co
 no autograd graph over the spectra. ``summed`` couples all filters at every frequency; it uses the
 per-frequency Gram matrix of the same half spectrum (quadratic in :math:`M`).
 
+Speed (issue 13). For stride-1 per-channel and cross CS only :math:`\sum_i S_{ic}` per group is kept
+between forward and backward; the backward recomputes the spectrum. On CPU, with ``numba`` installed
+(the ``fast`` extra) and not switched off (``CONVSIM_NUMBA=0``), value and gradient run as blocked
+compiled passes that keep every spectrum in cache (:mod:`convsim._internal.cs_numba`); without numba
+and on other devices the same math runs as torch operations. Under ``torch.compile`` both are the
+operators ``convsim::parseval_cs`` and ``convsim::parseval_cs_grad`` (``torch.library``, with fake
+implementations), so a step that adds ``ConvSimilarity`` to its loss compiles with ``fullgraph=True``.
+
 Stride-aware CS (issue 10, ``stride=``, ``transposed=``): a transposed conv keeps only the lags on
 the lattice :math:`s\mathbb Z`, a strided forward conv sums the squared polyphase correlations
 (:func:`conv_similarity`). Both are computed from the spectra of the phase sub-kernels
@@ -40,7 +48,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
+import operator
 from collections.abc import Iterable, Sequence
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -48,6 +58,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from convsim._internal.compiled import compiled_enabled
 from convsim._internal.layers import AnyConvLayer, Predicate, is_transposed, output_filters, select_conv_layers
 
 PAIRS = ("all", "adjacent")
@@ -231,42 +242,222 @@ def _pair_grad(t: torch.Tensor | None, kept: torch.Tensor, pairs: str) -> torch.
     return kept - t if pairs == "all" and t is not None else kept
 
 
-class _ParsevalCS(torch.autograd.Function):
-    r"""Per-channel or cross CS over all or adjacent pairs within groups, in time linear in M.
+# --------------------------------------------------------------------------- per-channel and cross, stride 1
+#
+# The value (with a small state: the per-group sum of the features, all pairs) is _parseval and the
+# gradient _parseval_grad, from the weight and the state alone: nothing the size of the weight is
+# saved for backward, the gradient pass recomputes the spectrum. On CPU with numba (switched on:
+# CONVSIM_NUMBA, convsim._internal.compiled) both run as blocked compiled passes
+# (convsim._internal.cs_numba) that never write a spectrum to memory; otherwise the torch path, on
+# any device. Eagerly they are the autograd node _ParsevalCS; under torch.compile the operators
+# convsim::parseval_cs and convsim::parseval_cs_grad (torch.library), so fullgraph=True traces
+# through them (fake implementations give the shapes; the DFT basis is built inside them).
 
-    With T (G, m, [C,] H) the weighted power spectra (summed over channels for ``cross``), the loss
+_KERNELS: list[ModuleType | None] = []  # convsim._internal.cs_numba once imported, or None without numba
+
+
+def _compiled_module() -> ModuleType | None:
+    """convsim._internal.cs_numba if numba imports (looked up once)."""
+    if not _KERNELS:
+        module: ModuleType | None
+        try:
+            from convsim._internal import cs_numba as module
+        except ImportError:  # numba missing, or too old/new for this numpy
+            module = None
+        _KERNELS.append(module)
+    return _KERNELS[0]
+
+
+def _kernels_for(weight: torch.Tensor) -> ModuleType | None:
+    """The compiled kernels if they apply to ``weight`` (float32/float64 on CPU) and are switched on."""
+    if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.float64) or not compiled_enabled():
+        return None
+    return _compiled_module()
+
+
+def _parseval_features(
+    weight: torch.Tensor, channels: str, groups: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Half spectrum (M·C, 2H), the features T (G, m, C', H) (C' = C per channel, 1 cross) and the basis."""
+    basis = _dft_basis(tuple(weight.shape[2:]), weight.dtype, weight.device)
+    m, c = weight.shape[:2]
+    h = basis.shape[1] // 2
+    spec = weight.reshape(m * c, -1) @ basis
+    power = _power(spec.view(m, c, 2, h))  # (M, C, H)
+    t = power if channels == "per_channel" else power.sum(1, keepdim=True)
+    return spec, t.view(groups, m // groups, -1, h), basis
+
+
+def _state_shape(shape: Sequence[int], pairs: str, channels: str, groups: int) -> tuple[int, ...]:
+    """Shape of the op's state: the per-group feature sums (G, C', H) for all pairs, (0,) for adjacent ones."""
+    if pairs != "all":
+        return (0,)
+    sizes = [2 * k - 1 for k in shape[2:]]
+    return (groups, shape[1] if channels == "per_channel" else 1, (functools.reduce(operator.mul, sizes, 1) + 1) // 2)
+
+
+def _parseval_torch(weight: torch.Tensor, pairs: str, channels: str, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r""":math:`L=\sum_{(i,j)}\langle T_i,T_j\rangle` (:func:`_pair_sum`) and the state, any device."""
+    value, kept = _pair_sum(_parseval_features(weight, channels, groups)[1], pairs)
+    return value, kept.squeeze(1) if pairs == "all" else weight.new_zeros(0)
+
+
+def _parseval_grad_torch(
+    grad: torch.Tensor, weight: torch.Tensor, state: torch.Tensor, pairs: str, channels: str, groups: int
+) -> torch.Tensor:
+    r"""grad · dL/dW: :math:`dL/dT_i` is ``state - T_i`` (all pairs) or :math:`T_{i-1}+T_{i+1}` (adjacent);
+    :math:`dS_{ic}` is :math:`dT_i(c)` (broadcast over c for cross); d spec = 2 spec dS; back through the matmul."""
+    spec, t, basis = _parseval_features(weight, channels, groups)
+    dt = state.unsqueeze(1) - t if pairs == "all" else _pair_sum(t, pairs)[1]
+    m, c = weight.shape[:2]
+    h = t.shape[-1]
+    dspec = spec.view(m, c, 2, h) * dt.view(m, -1, 1, h)
+    dw = (dspec.view(m * c, 2 * h) @ (basis.T * (2 * grad))).view(weight.shape)
+    out = torch.empty_like(weight)  # the layout the fake implementation promises
+    return dw if dw.stride() == out.stride() else out.copy_(dw)
+
+
+def _rows(weight: torch.Tensor) -> tuple[np.ndarray, bool] | None:
+    """A (detached) weight as numpy rows without a copy: (M, C, K) if contiguous, (M, K, C) if channels-last."""
+    m, c = weight.shape[:2]
+    if weight.is_contiguous():
+        return weight.view(m, c, -1).numpy(), False
+    last = weight.movedim(1, -1)
+    if last.is_contiguous():
+        return last.view(m, -1, c).numpy(), True
+    return None
+
+
+def _parseval_numba(
+    kernels: ModuleType, weight: torch.Tensor, pairs: str, channels: str, groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_parseval_torch` by the compiled kernels (CPU, float32/float64); the value summed in float64."""
+    w = weight.detach()
+    rows, kc = _rows(w) or _rows(w.contiguous())  # type: ignore[misc]  # a contiguous tensor always has rows
+    basis = _dft_basis(tuple(w.shape[2:]), w.dtype, w.device).numpy()
+    value, total = kernels.value(
+        rows, kc, basis, groups, channels == "cross", pairs == "adjacent", torch.get_num_threads()
+    )
+    state = torch.from_numpy(total).to(w.dtype) if pairs == "all" else w.new_zeros(0)
+    return w.new_tensor(value), state
+
+
+def _parseval_grad_numba(
+    kernels: ModuleType,
+    grad: torch.Tensor,
+    weight: torch.Tensor,
+    state: torch.Tensor,
+    pairs: str,
+    channels: str,
+    groups: int,
+) -> torch.Tensor:
+    """:func:`_parseval_grad_torch` by the compiled kernels, written straight into the weight's layout."""
+    w = weight.detach()
+    rows, kc = _rows(w) or _rows(w.contiguous())  # type: ignore[misc]  # a contiguous tensor always has rows
+    out = torch.empty_like(w)
+    target = _rows(out)
+    scratch = target is None or target[1] != kc  # an unusual stride order: write contiguous rows, then copy
+    dest = torch.empty(w.shape, dtype=w.dtype) if scratch else out
+    total = state.contiguous().numpy() if pairs == "all" else np.zeros((0, 0, 0), rows.dtype)
+    basis = _dft_basis(tuple(w.shape[2:]), w.dtype, w.device).numpy()
+    kernels.gradient(
+        rows,
+        kc,
+        basis,
+        groups,
+        channels == "cross",
+        pairs == "adjacent",
+        total,
+        float(grad),
+        torch.get_num_threads(),
+        _rows(dest)[0],  # type: ignore[index]  # dest has rows in the layout kc
+    )
+    return out.copy_(dest) if scratch else out
+
+
+def _parseval(weight: torch.Tensor, pairs: str, channels: str, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Per-channel or cross CS over all or adjacent pairs within groups, linear in M: (value, state).
+
+    With T (G, m, C', H) the weighted power spectra (summed over channels for ``cross``), the loss
     is :math:`L = \sum_{(i,j)}\langle T_i, T_j\rangle` and its gradient is closed-form:
     all pairs, :math:`L = \tfrac12(\|\sum_i T_i\|^2 - \sum_i\|T_i\|^2)`, :math:`dL/dT_i = \sum_j T_j - T_i`;
-    adjacent, :math:`dL/dT_i = T_{i-1} + T_{i+1}` and :math:`L = \tfrac12\langle T, dL/dT\rangle`.
-    Saves the half spectrum and T (about 4x the weight's size) instead of an autograd graph.
+    adjacent, :math:`dL/dT_i = T_{i-1} + T_{i+1}`. The state (:func:`_state_shape`) is
+    :math:`\sum_i T_i` per group for all pairs.
     """
+    kernels = _kernels_for(weight)
+    if kernels is None:
+        return _parseval_torch(weight, pairs, channels, groups)
+    return _parseval_numba(kernels, weight, pairs, channels, groups)
+
+
+def _parseval_grad(
+    grad: torch.Tensor, weight: torch.Tensor, state: torch.Tensor, pairs: str, channels: str, groups: int
+) -> torch.Tensor:
+    """grad · dL/dW of :func:`_parseval` from the weight and the state, in the weight's layout."""
+    kernels = _kernels_for(weight)
+    if kernels is None:
+        return _parseval_grad_torch(grad, weight, state, pairs, channels, groups)
+    return _parseval_grad_numba(kernels, grad, weight, state, pairs, channels, groups)
+
+
+class _ParsevalCS(torch.autograd.Function):
+    """Eager autograd node of :func:`_parseval` and :func:`_parseval_grad` (the operators' work, without the
+    dispatcher's overhead or the import of torch._dynamo that a custom operator's first call costs)."""
 
     @staticmethod
     def forward(ctx: Any, weight: torch.Tensor, pairs: str, channels: str, groups: int) -> torch.Tensor:
-        basis = _dft_basis(tuple(weight.shape[2:]), weight.dtype, weight.device)
-        m, c = weight.shape[:2]
-        h = basis.shape[1] // 2
-        spec = weight.reshape(m * c, -1) @ basis  # (M*C, 2H)
-        power = _power(spec.view(m, c, 2, h))  # (M, C, H)
-        if channels == "per_channel":
-            t = power.view(groups, m // groups, c, h)
-        else:
-            t = power.sum(1).view(groups, m // groups, h)
-        ctx.basis, ctx.shape, ctx.pairs = basis, weight.shape, pairs
-        value, kept = _pair_sum(t, pairs)
-        ctx.save_for_backward(spec, t if pairs == "all" else None, kept)
+        value, state = _parseval(weight, pairs, channels, groups)
+        ctx.save_for_backward(weight, state)
+        ctx.options = (pairs, channels, groups)
         return value
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
-        spec, t, kept = ctx.saved_tensors
-        dt = _pair_grad(t, kept, ctx.pairs)
-        m, c = ctx.shape[:2]
-        h = dt.shape[-1]
-        # dS_ic = dT_i(c) (broadcast over c for "cross"); d spec = 2 spec dS; then back through the matmul.
-        dspec = spec.view(m, c, 2, h) * dt.view(m, -1, 1, h)
-        return (dspec.view(m * c, 2 * h) @ (ctx.basis.T * (2 * grad))).view(ctx.shape), None, None, None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        weight, state = ctx.saved_tensors
+        return _parseval_grad(grad, weight, state, *ctx.options), None, None, None
+
+
+# The same two functions as operators for torch.compile: fake implementations give the shapes, and
+# the DFT basis is built inside them, so no numpy runs in a traced region.
+_parseval_cs = torch.library.custom_op("convsim::parseval_cs", _parseval, mutates_args=())
+_parseval_cs_grad = torch.library.custom_op("convsim::parseval_cs_grad", _parseval_grad, mutates_args=())
+
+
+@_parseval_cs.register_fake
+def _parseval_cs_fake(
+    weight: torch.Tensor, pairs: str, channels: str, groups: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return weight.new_empty(()), weight.new_empty(_state_shape(weight.shape, pairs, channels, groups))
+
+
+@_parseval_cs_grad.register_fake
+def _parseval_cs_grad_fake(
+    grad: torch.Tensor, weight: torch.Tensor, state: torch.Tensor, pairs: str, channels: str, groups: int
+) -> torch.Tensor:
+    return torch.empty_like(weight)
+
+
+def _parseval_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+    weight, pairs, channels, groups = inputs
+    ctx.save_for_backward(weight, output[1])
+    ctx.options = (pairs, channels, groups)
+    ctx.mark_non_differentiable(output[1])
+
+
+def _parseval_backward(ctx: Any, grad: torch.Tensor, _state: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    weight, state = ctx.saved_tensors
+    return _parseval_cs_grad(grad, weight, state, *ctx.options), None, None, None
+
+
+_parseval_cs.register_autograd(_parseval_backward, setup_context=_parseval_setup)
+
+
+def _parseval_loss(weight: torch.Tensor, pairs: str, channels: str, groups: int) -> torch.Tensor:
+    """The CS value: through the registered operator when traced by torch.compile, else the eager node."""
+    if torch.compiler.is_compiling():
+        return _parseval_cs(weight, pairs, channels, groups)[0]
+    return _ParsevalCS.apply(weight, pairs, channels, groups)
 
 
 # --------------------------------------------------------------------------- channel-summed
@@ -370,7 +561,7 @@ class _FoldedCS(torch.autograd.Function):
 
     The pair term is :math:`\sum_{\delta\equiv0}R_{ic}[\delta]R_{jd}[\delta]=\langle F_{ic},F_{jd}\rangle`
     with the folded power spectrum :math:`F=\sum_\varphi|\hat K^\varphi|^2` (weighted half
-    spectrum): :class:`_ParsevalCS` with F in place of the power spectrum, and
+    spectrum): :func:`_parseval` with F in place of the power spectrum, and
     :math:`d\,\mathrm{spec}=2\,\mathrm{spec}\,dT` for every phase.
     """
 
@@ -693,7 +884,7 @@ def conv_similarity(
         elif channels == "summed":
             total = _summed_loss(w, pairs, groups)
         else:
-            total = _ParsevalCS.apply(w, pairs, channels, groups)
+            total = _parseval_loss(w, pairs, channels, groups)
     if reduction == "mean":
         total = total / max(n, 1)
     return total

@@ -42,7 +42,6 @@ names how they run, :data:`ENGINES`; measured 5-21x faster than their torch path
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,6 +49,8 @@ from types import ModuleType
 from typing import Any
 
 import torch
+
+from convsim._internal.compiled import compiled_enabled, compiled_kernels  # the one switch, shared with the CS kernels
 
 __all__ = [
     "SolveResult",
@@ -70,7 +71,6 @@ __all__ = [
 SOLVERS = ("exact", "pgd", "pruning")  # exact active set; projected gradient descent; released one-way pruning
 ENGINES = ("auto", "torch", "numba")  # how the exact and pruning solvers run (their ``engine``)
 _NUMBA: list[ModuleType | None] = []  # the imported convsim.nnk._numba module, or None, once looked up
-_COMPILED_ON = [os.environ.get("CONVSIM_NUMBA", "1") != "0"]  # a stack: compiled_kernels() nests
 
 
 def numba_available() -> bool:
@@ -102,7 +102,7 @@ def use_compiled() -> bool:
         ...     use_compiled()
         False
     """
-    return _COMPILED_ON[-1] and numba_available()
+    return compiled_enabled() and numba_available()
 
 
 def uses_compiled_solver(device: torch.device, dtype: torch.dtype, engine: str = "auto") -> bool:
@@ -117,20 +117,6 @@ def uses_compiled_solver(device: torch.device, dtype: torch.dtype, engine: str =
     return engine == "numba" or (
         engine == "auto" and device.type == "cpu" and dtype == torch.float64 and use_compiled()
     )
-
-
-@contextmanager
-def compiled_kernels(enabled: bool = True) -> Iterator[None]:
-    """Switch the compiled (numba) kernels on or off inside the block (off: the torch paths only).
-
-    Results agree either way to rounding (the tests hold both paths to the same oracles); off is
-    what a user without numba gets, and what runs on GPUs anyway.
-    """
-    _COMPILED_ON.append(bool(enabled))
-    try:
-        yield
-    finally:
-        _COMPILED_ON.pop()
 
 
 @dataclass
