@@ -87,16 +87,16 @@ def generative_claims(groups: Mapping[str, Group], primary: Mapping[str, str]) -
 COLUMNS = (
     ("fd", "FD", 2),
     ("test_nelbo", "test NELBO (nats)", 1),
-    ("fm_similarity", "fm \\|cos\\|", 3),
-    ("fm_similarity_centered", "fm \\|cos\\| centred", 3),
-    ("kernel_cosine", "kernel \\|cos\\|", 3),
+    ("fm_similarity", "fm |cos|", 3),
+    ("fm_similarity_centered", "fm |cos| centred", 3),
+    ("kernel_cosine", "kernel |cos|", 3),
 )
 
 
 def groups_table(groups: Mapping[str, Group]) -> str:
     """One row per group: seeds, then each metric's mean [95% CI] at the last epoch, CS and normalised CS."""
     rows = []
-    for name, g in groups.items():
+    for name, g in sorted(groups.items()):
         cells = [name, len(g.runs)] + [fmt_estimate(g.estimate(k), 1.0, d) for k, _, d in COLUMNS]
         rows.append(cells + [fmt_sci(g.estimate("cs")), fmt_sci(g.estimate("cs_normalized"))])
     return markdown_table(["group", "seeds", *(h for _, h, _ in COLUMNS), "CS", "normalised CS"], rows)
