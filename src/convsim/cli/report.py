@@ -36,5 +36,6 @@ def run(args: argparse.Namespace) -> int:
     res = report_suite(out, found, source=source)
     for c in res["claims"]:
         print(f"({c['id']}) {c['verdict']}: {c['claim']}")
-    print(f"wrote {out / 'report.md'}, {out / 'results.json'}, {out / 'summary.csv'}")
+    written = [out / name for name in ("report.md", "results.json", "summary.csv") if (out / name).exists()]
+    print("wrote " + ", ".join(str(p) for p in written))
     return 0
