@@ -186,7 +186,7 @@ def test_environment_variable_switches_the_kernels_off(monkeypatch, kernel_calls
 
 
 def test_without_numba_the_torch_path_runs(monkeypatch, kernel_calls):
-    monkeypatch.setattr(similarity, "_KERNELS", [None])  # what a failed `import numba` leaves
+    monkeypatch.setattr(similarity, "_compiled_module", lambda: None)  # what a failed `import numba` leaves
     w = rand((6, 3, 3, 3), seed=11)
     got = conv_similarity(w)
     assert kernel_calls["value"] == 0

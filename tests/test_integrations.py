@@ -17,7 +17,7 @@ from torch import nn
 
 from convsim.measure import FeatureMapSimilarity
 
-torchmetrics = pytest.importorskip("torchmetrics")
+torchmetrics = pytest.importorskip("torchmetrics", reason="the torchmetrics extra is not installed")
 from convsim import integrations  # noqa: E402
 from convsim.integrations.torchmetrics import FeatureMapSimilarityMetric  # noqa: E402
 
@@ -181,7 +181,7 @@ def test_without_torchmetrics_building_the_metric_says_how_to_install_it(monkeyp
 def test_lightning_example_trains_one_epoch_on_synthetic_data_logging_per_layer_cs(tmp_path, monkeypatch):
     """One epoch of examples/lightning_cs.py: every conv layer's CS is logged, and beta times their sum
     is the CS term of the loss logged at the same step."""
-    pytest.importorskip("lightning")
+    pytest.importorskip("lightning", reason="the lightning extra is not installed")
     monkeypatch.chdir(tmp_path)
     spec = importlib.util.spec_from_file_location("lightning_cs", EXAMPLE)
     example = importlib.util.module_from_spec(spec)

@@ -58,7 +58,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from convsim._internal.compiled import compiled_enabled
+from convsim._internal.compiled import compiled_enabled, compiled_module
 from convsim._internal.layers import AnyConvLayer, Predicate, is_transposed, output_filters, select_conv_layers
 
 PAIRS = ("all", "adjacent")
@@ -253,19 +253,10 @@ def _pair_grad(t: torch.Tensor | None, kept: torch.Tensor, pairs: str) -> torch.
 # convsim::parseval_cs and convsim::parseval_cs_grad (torch.library), so fullgraph=True traces
 # through them (fake implementations give the shapes; the DFT basis is built inside them).
 
-_KERNELS: list[ModuleType | None] = []  # convsim._internal.cs_numba once imported, or None without numba
-
 
 def _compiled_module() -> ModuleType | None:
     """convsim._internal.cs_numba if numba imports (looked up once)."""
-    if not _KERNELS:
-        module: ModuleType | None
-        try:
-            from convsim._internal import cs_numba as module
-        except ImportError:  # numba missing, or too old/new for this numpy
-            module = None
-        _KERNELS.append(module)
-    return _KERNELS[0]
+    return compiled_module("convsim._internal.cs_numba")
 
 
 def _kernels_for(weight: torch.Tensor) -> ModuleType | None:

@@ -2,14 +2,17 @@
 
 On by default; the environment variable ``CONVSIM_NUMBA=0`` (the one :mod:`convsim.nnk` reads)
 switches them off for the process and :func:`compiled_kernels` for a block. Off, every caller runs
-its torch path. Whether numba imports is each caller's own look-up.
+its torch path. :func:`compiled_module` imports a kernel module once, or says numba cannot.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import ModuleType
 
 ENV = "CONVSIM_NUMBA"
 _ON = [os.environ.get(ENV, "1") != "0"]  # a stack: compiled_kernels() nests
@@ -38,3 +41,18 @@ def compiled_kernels(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         _ON.pop()
+
+
+@functools.cache
+def compiled_module(name: str) -> ModuleType | None:
+    """The numba kernel module ``name``, imported once; None when it cannot be (numba missing, or
+    too old or new for this numpy).
+
+    Example:
+        >>> compiled_module("convsim._internal.no_such_kernels") is None
+        True
+    """
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None

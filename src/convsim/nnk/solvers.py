@@ -50,7 +50,11 @@ from typing import Any
 
 import torch
 
-from convsim._internal.compiled import compiled_enabled, compiled_kernels  # the one switch, shared with the CS kernels
+from convsim._internal.compiled import (  # the one switch, shared with the CS kernels
+    compiled_enabled,
+    compiled_kernels,
+    compiled_module,
+)
 
 __all__ = [
     "SolveResult",
@@ -70,7 +74,6 @@ __all__ = [
 
 SOLVERS = ("exact", "pgd", "pruning")  # exact active set; projected gradient descent; released one-way pruning
 ENGINES = ("auto", "torch", "numba")  # how the exact and pruning solvers run (their ``engine``)
-_NUMBA: list[ModuleType | None] = []  # the imported convsim.nnk._numba module, or None, once looked up
 
 
 def numba_available() -> bool:
@@ -80,14 +83,12 @@ def numba_available() -> bool:
         >>> isinstance(numba_available(), bool)
         True
     """
-    if not _NUMBA:
-        module: ModuleType | None
-        try:
-            from convsim.nnk import _numba as module
-        except ImportError:  # numba missing, or too old/new for this numpy
-            module = None
-        _NUMBA.append(module)
-    return _NUMBA[0] is not None
+    return _numba_module() is not None
+
+
+def _numba_module() -> ModuleType | None:
+    """convsim.nnk._numba if numba imports (looked up once)."""
+    return compiled_module("convsim.nnk._numba")
 
 
 def use_compiled() -> bool:
@@ -516,7 +517,7 @@ def _active_set_numba(
     threads: int | None,
 ) -> SolveResult:
     """The compiled solver on the whole batch; unsettled systems go to the torch path."""
-    compiled = _NUMBA[0]
+    compiled = _numba_module()
     assert compiled is not None  # the caller checked numba_available()
     An = A.detach().to(torch.float64).contiguous().numpy()
     bn = b.detach().to(torch.float64).contiguous().numpy()
@@ -912,7 +913,7 @@ def _support_pivot(A: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
 
 def _pruning_numba(A: torch.Tensor, b: torch.Tensor, tol: float, max_iter: int, threads: int | None) -> SolveResult:
     """The compiled pruning loop on the whole batch (float64 internally)."""
-    compiled = _NUMBA[0]
+    compiled = _numba_module()
     assert compiled is not None  # the caller checked numba_available()
     An = A.detach().to(torch.float64).contiguous().numpy()
     bn = b.detach().to(torch.float64).contiguous().numpy()
