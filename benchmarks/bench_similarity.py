@@ -1,8 +1,9 @@
-"""Benchmark of the CS core: forward+backward time per ResNet18 conv shape and for the whole model.
+"""Benchmark of the CS core: forward+backward time per ResNet18 conv shape.
 
 Compares ``convsim.similarity.conv_similarity`` (all pairs and adjacent pairs, per channel) with a
 plain ``torch.fft.rfft2`` + autograd implementation of the same all-pairs loss (half-spectrum
-column weights of spec §6.4), and the whole-ResNet18 regulariser with one batch-128 training step.
+column weights of spec §6.4). What the whole regulariser costs inside a training step is
+``bench_cs_step.py``'s business.
 Timings are medians over repeats after warm-up; the methods are interleaved within every repeat so
 that load from other processes hits them alike.
 
@@ -20,10 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from machine_load import load_line, machine_state
 from torch import nn
 
 from convsim._internal.files import atomic_write_text
-from convsim.similarity import ConvSimilarity, conv_similarity
+from convsim.similarity import conv_similarity
 from convsim.training.summary import machine as host
 
 RESULTS = Path(__file__).parent / "results" / "similarity.md"
@@ -161,48 +163,6 @@ def layer_table(repeats: int, quick: bool) -> tuple[list[str], dict]:
     return rows, speedups
 
 
-def model_rows(repeats: int, batch: int) -> tuple[list[str], float]:
-    torch.manual_seed(0)
-    model, origin = resnet18()
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    reg = ConvSimilarity(model, beta=1e-3)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(batch, 3, 32, 32)
-    y = torch.randint(0, 10, (batch,))
-
-    def step(with_reg: bool):
-        def run():
-            opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(x), y)
-            if with_reg:
-                loss = loss + reg()
-            loss.backward()
-            opt.step()
-
-        return run
-
-    def reg_only():
-        opt.zero_grad(set_to_none=True)
-        reg().backward()
-
-    model.train()
-    t = median_times({"step": step(False), "step+reg": step(True), "reg": reg_only}, repeats, warmup=1)
-    share = t["reg"] / t["step"]
-    extra = (t["step+reg"] - t["step"]) / t["step"]
-    return [
-        f"Whole model: {origin}, {len(convs)} Conv2d layers ({len(reg.layers)} regularised), "
-        f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; median of {repeats} repeats.",
-        "",
-        "| what | time |",
-        "|---|---|",
-        f"| CS regulariser, all pairs per channel, forward+backward | {t['reg'] * 1e3:.1f} ms |",
-        f"| training step, batch {batch}, 3×32×32 (forward, backward, SGD-momentum step) | {t['step'] * 1e3:.0f} ms |",
-        f"| training step + β·CS | {t['step+reg'] * 1e3:.0f} ms |",
-        f"| **regulariser / step** | **{share * 100:.2f} %** |",
-        f"| (step+CS − step) / step (noisier: difference of two large numbers) | {extra * 100:.1f} % |",
-    ], share
-
-
 def machine() -> str:
     name = host()["cpu"]
     return (
@@ -213,7 +173,7 @@ def machine() -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats, small batch; no file written")
+    parser.add_argument("--quick", action="store_true", help="fewer shapes and repeats; no file written")
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per method (default 9, quick 5)")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"markdown output (default {RESULTS})")
@@ -222,31 +182,29 @@ def main(argv=None) -> int:
         parser.error("--repeats must be >= 1")
     torch.set_num_threads(args.threads)
     repeats = args.repeats or (5 if args.quick else 9)
-    batch = 32 if args.quick else 128
     print(f"machine: {machine()}", flush=True)
+    before = machine_state()
     table, speedups = layer_table(repeats, args.quick)
-    model, share = model_rows(max(3, repeats // 2) if not args.quick else 3, batch)
-    print("\n".join(model))
+    after = machine_state()
     big = speedups.get((512, 512, 3, 3), float("nan"))
     summary = (
         f"**Summary.** On the 512×512×3×3 weight, all-pairs per-channel CS (forward+backward) is "
-        f"**{big:.1f}×** faster than the plain `rfft2` + autograd version (target: ≥ 3×); over the whole "
-        f"ResNet18 (20 convs) the regulariser costs **{share * 100:.1f} %** of one batch-{batch} training "
-        "step (target: < 5 %)."
+        f"**{big:.1f}×** faster than the plain `rfft2` + autograd version (target: ≥ 3×). What the whole "
+        "regulariser costs inside a ResNet18 training step is the headline of `bench_cs_step.py`."
     )
     print(summary)
     if args.quick:
         return 0
-    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else ["?"]
     text = "\n".join(
         [
             "# CS core benchmark (`benchmarks/bench_similarity.py`)",
             "",
             summary,
             "",
-            f"Machine: {machine()}. Load average at the end of the run: {' '.join(load)} "
-            "(the machine was shared with other jobs, so absolute times are noisy; ratios are more stable "
-            "because the methods take turns within every repeat).",
+            f"Machine: {machine()}.",
+            "",
+            load_line(before, after) + " The methods take turns within every repeat, so ratios are more "
+            "stable than absolute times.",
             "",
             f"Per layer: forward+backward of one float32 weight, median of {repeats} repeats after 2 warm-up calls. "
             "*convsim all pairs* = `conv_similarity(w)` (all pairs, per channel: real half-spectrum DFT "
@@ -256,8 +214,6 @@ def main(argv=None) -> int:
             '(`pairs="adjacent"`). Distinct conv shapes of the CIFAR ResNet18.',
             "",
             *table,
-            "",
-            *model,
             "",
         ]
     )

@@ -190,9 +190,10 @@ def test_rfft_without_column_weights_is_wrong():
     assert abs(_numpy_rfft_cs(w, (5, 5), column_weights=False) - oracles.cs_loss(w)) > 1e-3 * oracles.cs_loss(w)
 
 
-def test_benchmark_rfft2_baseline_is_the_same_loss():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_similarity.py"
-    spec = importlib.util.spec_from_file_location("bench_similarity", path)
+def test_benchmark_rfft2_baseline_is_the_same_loss(monkeypatch):
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(folder))  # as when the script runs: it imports machine_load
+    spec = importlib.util.spec_from_file_location("bench_similarity", folder / "bench_similarity.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     w = rand((7, 4, 3, 2), seed=6)
