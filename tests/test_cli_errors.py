@@ -101,10 +101,38 @@ def test_an_out_in_a_read_only_folder(tmp_path, capsys):
         (["train", "--epochs", "0"], "epochs must be >= 1, got 0"),
         (["train", "--optimizer", "rmsprop"], "argument --optimizer: invalid choice: 'rmsprop'"),
         (["reproduce", "--suite", "smoke", "--out", "OUT", "--only", "(", "--list"], "--only '(' is not a regular"),
-        (["reproduce", "--suite", "smoke", "--out", "OUT", "--jobs", "0"], "--jobs must be >= 1, got 0"),
-        (["verify", "--seeds", "0"], "--seeds must be >= 1"),
+        (
+            ["reproduce", "--suite", "smoke", "--out", "OUT", "--jobs", "0"],
+            "--jobs: expected an integer >= 1, got 0",
+        ),
+        (["verify", "--seeds", "0"], "argument --seeds: expected an integer >= 1, got 0"),
+        (["verify", "--steps", "-1"], "argument --steps: expected an integer >= 0, got -1"),
+        (["overlap", "RUN", "--out", "OUT", "-k", "0"], "argument -k: expected an integer >= 1, got 0"),
+        (
+            ["overlap", "RUN", "--out", "OUT", "--n-samples", "many"],
+            "--n-samples: expected an integer >= 1, got 'many'",
+        ),
+        (
+            ["analyze", "--model", "M", "--data", "D", "--out", "OUT", "--batch-size", "0"],
+            "--batch-size: expected",
+        ),
+        (
+            ["analyze", "--model", "M", "--data", "D", "--out", "OUT", "--image-size", "9", "0"],
+            "--image-size: expected",
+        ),
     ],
-    ids=["bad-value", "bad-choice", "bad-regex", "bad-jobs", "bad-seeds"],
+    ids=[
+        "bad-value",
+        "bad-choice",
+        "bad-regex",
+        "bad-jobs",
+        "bad-seeds",
+        "bad-steps",
+        "overlap-k-0",
+        "overlap-not-int",
+        "analyze-batch-0",
+        "analyze-image-size-0",
+    ],
 )
 def test_bad_flags(tmp_path, capsys, argv, expected):
     argv = [str(tmp_path / "out") if a == "OUT" else a for a in argv]

@@ -15,6 +15,7 @@ import torch
 
 from convsim._internal.errors import UserError
 from convsim.analysis import analyze
+from convsim.cli.arguments import COUNT
 from convsim.cli.inputs import load_data, load_model
 from convsim.reporting.analysis import write_analysis
 
@@ -36,17 +37,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "or a folder of images (flat or one subfolder per class)",
     )
     parser.add_argument(
-        "--image-size", type=int, nargs=2, metavar=("H", "W"), help="resize folder images to H x W (bilinear)"
+        "--image-size", type=COUNT, nargs=2, metavar=("H", "W"), help="resize folder images to H x W (bilinear)"
     )
     parser.add_argument("--data-dir", help="folder searched first for a dataset's files")
     parser.add_argument("--out", required=True, help="output folder: analysis.json, report.md, figures")
     parser.add_argument("--layers", metavar="REGEX", help="analyse the conv layers whose name matches (re.search)")
-    parser.add_argument("--n-samples", type=int, default=2000, help="inputs in the CW-NNK sample (default 2000)")
-    parser.add_argument("-k", "--k", type=int, default=25, help="NNK candidates per point (default 25)")
-    parser.add_argument("--batch-size", type=int, default=256, help="forward batch size (default 256)")
+    parser.add_argument("--n-samples", type=COUNT, default=2000, help="inputs in the CW-NNK sample (default 2000)")
+    parser.add_argument("-k", "--k", type=COUNT, default=25, help="NNK candidates per point (default 25)")
+    parser.add_argument("--batch-size", type=COUNT, default=256, help="forward batch size (default 256)")
     parser.add_argument("--device", default="cpu", help="torch device to run on (default cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the CW-NNK sample (default 0)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=COUNT, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -63,13 +64,9 @@ def _device(name: str) -> torch.device:
 
 def run(args: argparse.Namespace) -> int:
     if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     device = _device(args.device)
     image_size = (args.image_size[0], args.image_size[1]) if args.image_size else None
-    if image_size is not None and min(image_size) < 1:
-        raise UserError(f"--image-size must be two positive ints, got {args.image_size}")
     model, info = load_model(args.model, args.weights)
     x, y, described = load_data(args.data, image_size, args.data_dir)
     result = analyze(

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from convsim._internal.files import atomic_write_text
+from convsim.cli.arguments import COUNT
 from convsim.nnk.neighbors import KERNELS
 from convsim.nnk.solvers import SOLVERS
 from convsim.reporting.overlap import _fmt, overlap_analysis, overlap_markdown
@@ -14,8 +15,8 @@ from convsim.reporting.overlap import _fmt, overlap_analysis, overlap_markdown
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories of convsim train")
     parser.add_argument("--out", required=True, help="output folder: overlap.json, overlap.md, figures")
-    parser.add_argument("--n-samples", type=int, default=2000, help="images per run (default 2000)")
-    parser.add_argument("-k", type=int, default=25, help="NNK candidates per point (default 25)")
+    parser.add_argument("--n-samples", type=COUNT, default=2000, help="images per run (default 2000)")
+    parser.add_argument("-k", type=COUNT, default=25, help="NNK candidates per point (default 25)")
     parser.add_argument("--kernel", choices=KERNELS, default="cosine", help="kernel (default cosine)")
     parser.add_argument(
         "--solver",
@@ -35,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=("train", "test"), default="train", help="images from (default train)")
     parser.add_argument("--layers", default=None, help="comma-separated module names (default: every conv layer)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the image subset")
-    parser.add_argument("--batch-size", type=int, default=256, help="forward batch size")
+    parser.add_argument("--batch-size", type=COUNT, default=256, help="forward batch size")
     parser.add_argument("--data-dir", default=None, help="dataset folder (default: each run's)")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
 

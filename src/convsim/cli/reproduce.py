@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from convsim._internal.errors import UserError
+from convsim.cli.arguments import COUNT
 from convsim.reporting.suites import SUITES, reproduce, run_status
 from convsim.training.config import LOGS, TrainConfig
 
@@ -18,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help="folder searched first for dataset files")
     parser.add_argument("--download", action="store_true", help="download missing dataset files (checksum-verified)")
     parser.add_argument("--device", default=None, help="torch device for training (default: the trainer's)")
-    parser.add_argument("--jobs", type=int, default=1, help="runs trained in parallel processes (default 1)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    parser.add_argument("--jobs", type=COUNT, default=1, help="runs trained in parallel processes (default 1)")
+    parser.add_argument("--threads", type=COUNT, default=None, help="torch threads per run")
     parser.add_argument(
         "--log",
         choices=LOGS,
@@ -32,8 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.jobs < 1:
-        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
     try:
         pattern = re.compile(args.only) if args.only else None
     except re.error as e:

@@ -12,15 +12,17 @@ import time
 import torch
 
 from convsim import theory
-from convsim._internal.errors import UserError
 from convsim._internal.files import atomic_write_json
+from convsim.cli.arguments import COUNT, integer_at_least
 
 TOLERANCE = 1e-8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--seeds", type=int, default=20, help="seeds of the toy comparison (default 20)")
-    parser.add_argument("--steps", type=int, default=300, help="SGD steps of each toy optimisation (default 300)")
+    parser.add_argument("--seeds", type=COUNT, default=20, help="seeds of the toy comparison (default 20)")
+    parser.add_argument(
+        "--steps", type=integer_at_least(0), default=300, help="SGD steps of each toy optimisation (default 300)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="first seed (inputs and toy kernels)")
     parser.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
 
@@ -124,8 +126,6 @@ def _fmt(v: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.seeds < 1 or args.steps < 0:
-        raise UserError(f"--seeds must be >= 1 and --steps >= 0 (got --seeds {args.seeds} --steps {args.steps})")
     # Every op here is tiny: intra-op threads only add synchronisation, which on a busy machine
     # made the toy 10-40x slower. Restored afterwards (run() may be called in-process).
     threads = torch.get_num_threads()
