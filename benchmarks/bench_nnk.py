@@ -44,6 +44,7 @@ import scipy  # noqa: E402
 import scipy.linalg  # noqa: E402
 import scipy.optimize  # noqa: E402
 import torch  # noqa: E402
+from machine_load import load_line, machine_state  # noqa: E402
 
 from convsim._internal.files import atomic_write_text  # noqa: E402
 from convsim.nnk import channel_overlap, compiled_kernels, nnk_neighbors, search  # noqa: E402
@@ -116,15 +117,13 @@ def timed(fns: dict[str, Callable[[], object]], repeats: int, warmup: bool = Tru
     return {name: statistics.median(v) for name, v in runs.items()}
 
 
-def machine_note(load_start: float) -> str:
-    cpu = host()["cpu"]
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
+def machine_note(before: tuple[float, tuple]) -> str:
+    """The machine, the versions, and how busy it was from ``before`` (:func:`machine_state` at the start) to now."""
     return (
-        f"{cpu}, {os.cpu_count()} logical CPUs, load average {load_start:.2f} at the start and "
-        f"{load[0]:.2f} at the end; "
+        f"{host()['cpu']}, {os.cpu_count()} logical CPUs; "
         f"Python {platform.python_version()}, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), numpy {np.__version__}, scipy {scipy.__version__}, "
-        f"numba {numba_version()}"
+        f"numba {numba_version()}. {load_line(before, machine_state())}"
     )
 
 
@@ -279,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    before = machine_state()
     q = args.quick
     reps = 2 if q else args.repeats
     lines = [
@@ -304,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += bench_scaling([200, 400], [4, 8], [10, 25], (200, 4, 25), 1)
     else:
         lines += bench_scaling([500, 1000, 2000, 4000], [8, 16, 32, 64], [10, 25, 50], (1000, 16, 25), 3)
-    lines += ["", *bench_cuda(reps, q), "", f"Machine: {machine_note(load_start)}.", "", NOTES, ""]
+    lines += ["", *bench_cuda(reps, q), "", f"Machine: {machine_note(before)}", "", NOTES, ""]
     lines[2:2] = [summary(speedup_a, speedup_b, seconds_b), ""]
     text = "\n".join(lines)
     print(text)

@@ -48,6 +48,7 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from bench_nnk import machine_note  # noqa: E402  (the same machine line as the NNK benchmark)
+from machine_load import machine_state  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from convsim import data  # noqa: E402
@@ -415,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    before = machine_state()
     q = args.quick
     reps = 1 if q else args.repeats
     lines = [
@@ -443,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *bench_cuda(20000, reps),
         "",
-        f"Machine: {machine_note(load_start)}.",
+        f"Machine: {machine_note(before)}",
         "",
         NOTES,
         "",

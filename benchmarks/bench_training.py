@@ -20,13 +20,13 @@ overhead is below the noise).
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from machine_load import load_line, machine_state
 from torch import nn
 
 from convsim import models
@@ -35,6 +35,7 @@ from convsim.penalties import Penalty
 from convsim.similarity import ConvSimilarity
 from convsim.training.distributed import physical_cores
 from convsim.training.loop import train_step
+from convsim.training.summary import machine
 
 MODELS = [("cnn1", 1.0), ("cnn2", 1.0), ("resnet18", 0.25)]
 FORMATS = [
@@ -112,16 +113,6 @@ def measure(cases: dict, args) -> dict:
     return {key: min(v) for key, v in rounds.items()}
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cpu_flags() -> str:
     try:
         text = Path("/proc/cpuinfo").read_text()
@@ -139,14 +130,14 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="0 = physical cores")
-    p.add_argument("--quick", action="store_true", help="2 steps, 1 warm-up, 1 round")
+    p.add_argument("--quick", action="store_true", help="2 steps, 1 warm-up, 1 round; prints only, no file written")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "training.md"))
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.warmup, args.repeats = 2, 1, 1
     threads = args.threads or physical_cores()
     torch.set_num_threads(threads)
-    load_before = os.getloadavg()
+    before = machine_state()
     t_start = time.perf_counter()
 
     # 1. Throughput per model and memory format / precision (no regulariser).
@@ -164,7 +155,7 @@ def main(argv=None) -> int:
         for reg, sec in measure(cases, args).items():
             share[(name, width, reg)] = sec
             print(f"{name} w{width} {reg}: {1e3 * sec:.1f} ms/step", file=sys.stderr)
-    load_after = os.getloadavg()
+    after = machine_state()
 
     lines = [
         "# Training speed on CPU",
@@ -173,16 +164,9 @@ def main(argv=None) -> int:
         "",
         "## Machine",
         "",
-        f"- CPU: {cpu_name()} ({physical_cores()} physical cores usable; flags: {cpu_flags()})",
+        f"- CPU: {machine()['cpu']} ({physical_cores()} physical cores usable; flags: {cpu_flags()})",
         f"- torch {torch.__version__}, {threads} threads, Python {platform.python_version()}",
-        f"- load average (1 min) {load_before[0]:.2f} before and {load_after[0]:.2f} after the run; "
-        f"total {time.perf_counter() - t_start:.0f} s",
-        (
-            "- **Caveat:** other jobs were running when the benchmark started (1-min load above 0.5), so "
-            "absolute numbers are pessimistic and noisy."
-            if load_before[0] > 0.5
-            else "- The machine was otherwise idle when the benchmark started (1-min load at most 0.5)."
-        ),
+        f"- {load_line(before, after)} Total {time.perf_counter() - t_start:.0f} s.",
         "- On an oversubscribed CPU prefer `--threads 1` (and `convsim train --threads 1`): with several "
         "OpenMP threads on busy cores every small parallel op waits for a descheduled sibling.",
         "",
@@ -218,6 +202,9 @@ def main(argv=None) -> int:
             cells.append(f"{1e3 * t:.1f}" if reg == "none" else f"{1e3 * t:.1f} ({100 * (t - t0) / t:+.0f}%)")
         lines.append(f"| {reg} | " + " | ".join(cells) + " |")
     lines.append("")
+    if args.quick:
+        print("\n".join(lines))
+        return 0
     atomic_write_text(args.out, "\n".join(lines))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
