@@ -65,7 +65,7 @@ def test_report_rebuilds_the_report_from_run_files_alone(tmp_path, capsys):
     for c in results["claims"]:
         assert f"({c['id']}) {c['verdict']}: {c['claim']}" in out
     md = (src / "report.md").read_text()
-    assert "suite `smoke`" in md and "checkpoints are missing" in md
+    assert "suite `smoke`" in md and "have neither a checkpoint" in md
 
 
 def test_report_out_writes_elsewhere_and_reuses_the_stored_overlap_cache(tmp_path):

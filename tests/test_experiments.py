@@ -11,6 +11,7 @@ import pytest
 from convsim._internal.files import append_jsonl, atomic_write_json
 from convsim.reporting import report
 from convsim.reporting import suites as ex
+from convsim.reporting.cwnnk_records import RUN_RECORD
 from convsim.reporting.runs import infer_method
 
 REPORT_STUDIES = {"main", "width", "iters", "resnet", "momentum", "early_stop"}
@@ -258,6 +259,15 @@ def test_smoke_suite_end_to_end_writes_full_report_and_second_run_only_reaggrega
     assert set(results["figures"]) >= {"cs_loss", "train_loss", "width"}
     assert len(results["runs"]) == len(ex.SUITES["smoke"]) and all(r["complete"] for r in results["runs"])
     assert results["overlap"] is not None and (tmp_path / "summary.csv").exists()
+    # Each run the overlap study covers keeps its CW-NNK record, so the report needs no checkpoint.
+    study = ex.SUITE_OPTIONS["smoke"]["overlap"]["study"]
+    covered = [s.name for s in ex.SUITES["smoke"] if study in s.studies]
+    assert covered and all((tmp_path / "runs" / n / RUN_RECORD).exists() for n in covered)
+    for ckpt in (tmp_path / "runs").glob("*/checkpoint*.pt"):
+        ckpt.unlink()
+    (tmp_path / "overlap" / "cache.json").unlink()
+    assert main(["report", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "results.json").read_text())["overlap"] == results["overlap"]
     # The second run only re-aggregates: it trains nothing and rewrites no run's summary. (How long
     # that takes is a benchmark's business, not a test's.)
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").glob("*/summary.json")}

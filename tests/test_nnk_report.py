@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
 from scipy import stats
 
 from convsim.cli import main as cli_main
+from convsim.reporting.cwnnk_records import RUN_RECORD, stored_record
 from convsim.reporting.overlap import MEASURES, overlap_analysis, overlap_markdown
 from convsim.training.config import TrainConfig
 from convsim.training.loop import build_model
@@ -200,3 +202,98 @@ def test_pruning_solver_is_named_with_its_tolerance(run_dirs, tmp_path):
     assert "exact solver" in overlap_markdown(exact)
     with pytest.raises(ValueError, match="pruning_tol must be a number in"):
         overlap_analysis(run_dirs, tmp_path, solver="pruning", pruning_tol=2.0)
+
+
+# ------------------------------------------------------------- a run's stored record (no checkpoint later)
+
+
+def _copy_runs(run_dirs, root):
+    import shutil
+
+    return [Path(shutil.copytree(d, root / d.name)) for d in run_dirs]
+
+
+def _without_paths(result):
+    return [{k: v for k, v in r.items() if k != "path"} for r in result["runs"]]
+
+
+def test_kept_records_replace_the_checkpoints(run_dirs, tmp_path):
+    """With keep_records each run's analysis is stored beside it; without its checkpoint the analysis is unchanged."""
+    dirs = _copy_runs(run_dirs, tmp_path / "runs")
+    first = overlap_analysis(dirs, tmp_path / "a", n_samples=60, k=5, keep_records=True, figures=False)
+    assert all((d / RUN_RECORD).exists() for d in dirs)
+    for d in dirs:
+        (d / "checkpoint.pt").unlink()
+    again = overlap_analysis(dirs, tmp_path / "b", n_samples=60, k=5, keep_records=True, figures=False)
+    assert _without_paths(again) == json.loads(json.dumps(_without_paths(first)))
+    assert json.dumps(again["correlations"]) == json.dumps(first["correlations"])
+
+
+def test_a_record_is_ignored_when_the_settings_differ(run_dirs, tmp_path):
+    dirs = _copy_runs(run_dirs, tmp_path / "runs")
+    overlap_analysis(dirs, tmp_path / "a", n_samples=60, k=5, keep_records=True, figures=False)
+    assert stored_record(dirs[0], {"n_samples": 60, "k": 5}) is not None
+    assert stored_record(dirs[0], {"n_samples": 60, "k": 6}) is None
+    assert stored_record(dirs[0], {"n_samples": 60, "k": 5, "split": "test"}) is None
+
+
+def test_a_record_is_ignored_when_the_run_changes(run_dirs, tmp_path):
+    dirs = _copy_runs(run_dirs, tmp_path / "runs")
+    overlap_analysis(dirs, tmp_path / "a", n_samples=60, k=5, keep_records=True, figures=False)
+    summary = json.loads((dirs[0] / "summary.json").read_text())
+    (dirs[0] / "summary.json").write_text(json.dumps({**summary, "test_acc": 0.99}))
+    assert stored_record(dirs[0], {"n_samples": 60, "k": 5}) is None
+    assert stored_record(dirs[1], {"n_samples": 60, "k": 5}) is not None
+
+
+def test_the_default_settings_key_a_record_as_if_they_were_given(run_dirs, tmp_path):
+    dirs = _copy_runs(run_dirs, tmp_path / "runs")
+    overlap_analysis(dirs[:2], tmp_path / "a", n_samples=60, k=5, keep_records=True, figures=False)
+    given = {"n_samples": 60, "k": 5, "kernel": "cosine", "solver": "exact", "split": "train", "seed": 0}
+    assert stored_record(dirs[0], given) is not None
+
+
+def test_without_keep_records_nothing_is_written_into_the_runs(run_dirs, tmp_path):
+    dirs = _copy_runs(run_dirs, tmp_path / "runs")
+    overlap_analysis(dirs, tmp_path / "a", n_samples=60, k=5, figures=False)
+    assert not any((d / RUN_RECORD).exists() for d in dirs)
+
+
+def _spec(studies):
+    from convsim.reporting.suites import RunSpec
+
+    return RunSpec(name="r", group="g", method="baseline", seed=0, overrides={}, studies=studies)
+
+
+def test_reproduce_stores_the_record_of_a_run_the_overlap_study_covers(run_dirs, tmp_path):
+    from convsim.reporting.suites import _keep_overlap_record
+
+    (d,) = _copy_runs(run_dirs[:1], tmp_path)
+    note = _keep_overlap_record(_spec(("main",)), d, {"study": "main", "n_samples": 60, "k": 5})
+    assert note == "; CW-NNK record stored"
+    assert stored_record(d, {"n_samples": 60, "k": 5}) is not None
+
+
+def test_reproduce_stores_no_record_outside_the_overlap_study(run_dirs, tmp_path):
+    from convsim.reporting.suites import _keep_overlap_record
+
+    (d,) = _copy_runs(run_dirs[:1], tmp_path)
+    assert _keep_overlap_record(_spec(("width",)), d, {"study": "main", "n_samples": 60, "k": 5}) == ""
+    assert _keep_overlap_record(_spec(("main",)), d, {"skip": True}) == ""
+    assert not (d / RUN_RECORD).exists()
+
+
+def test_a_record_that_cannot_be_made_is_reported_not_raised(run_dirs, tmp_path):
+    from convsim.reporting.suites import _keep_overlap_record
+
+    (d,) = _copy_runs(run_dirs[:1], tmp_path)
+    (d / "checkpoint.pt").unlink()
+    note = _keep_overlap_record(_spec(("main",)), d, {"study": "main", "n_samples": 60, "k": 5})
+    assert note.startswith("; CW-NNK record not stored (") and not (d / RUN_RECORD).exists()
+
+
+def test_keep_run_record_rejects_unknown_settings(run_dirs):
+    from convsim.reporting.overlap import keep_run_record
+
+    with pytest.raises(ValueError, match="unknown overlap settings"):
+        keep_run_record(run_dirs[0], n_sample=60)

@@ -559,7 +559,7 @@ def test_write_report_has_every_section_figure_and_data_file(tmp_path):
         assert png.read_bytes()[:4] == b"\x89PNG" and f"figures/{name}" in md
     specs = [json.loads((p / "spec.json").read_text()) for p in (tmp_path / "runs").iterdir()]
     n_main = sum("main" in spec["studies"] for spec in specs)
-    assert f"fake overlap over {n_main} runs" in md and calls[0][1] == {"k": 5}
+    assert f"fake overlap over {n_main} runs" in md and calls[0][1] == {"k": 5, "keep_records": True}
     assert [c["id"] for c in res["claims"]] == list("abcde")
     stored = json.loads((tmp_path / "results.json").read_text())
     assert stored["suite"] == "synthetic" and stored["design"] == design.as_dict()
@@ -625,7 +625,7 @@ def test_overlap_without_checkpoints_or_cache_says_so_and_does_not_run(tmp_path)
     res = report.write_report(tmp_path, overlap_fns=_fake_overlap(calls))
     md = (tmp_path / "report.md").read_text()
     assert calls == [] and res["overlap"] is None
-    assert "checkpoints are missing" in md.split("## Channel-wise NNK overlap")[1]
+    assert "have neither a checkpoint" in md.split("## Channel-wise NNK overlap")[1]
 
 
 def test_include_limits_the_report_to_named_runs(tmp_path):

@@ -36,6 +36,7 @@ from convsim.nnk.channels import ChannelOverlap, layer_overlap
 from convsim.nnk.neighbors import KERNELS
 from convsim.nnk.options import NNKOptions
 from convsim.nnk.solvers import SOLVERS
+from convsim.reporting.cwnnk_records import KEYED_DEFAULTS, store_record, stored_record
 from convsim.reporting.methods import is_collapsed
 
 __all__ = ["overlap_analysis", "overlap_markdown", "MEASURES"]
@@ -174,26 +175,75 @@ def _run_record(
     }
 
 
+def _analyse_run(
+    rd: Path,
+    keyed: dict[str, Any],
+    batch_size: int,
+    data_dir: str | None,
+    samples: dict[tuple, tuple[torch.Tensor, torch.Tensor]],
+) -> dict:
+    """One run's record, from its checkpoint; ``samples`` caches the images per (dataset, folder)."""
+    from convsim.training.loop import load_run  # the trainer is heavy; import on use
+
+    model, config, summary = load_run(rd)
+    key = (config.dataset, data_dir or getattr(config, "data_dir", None))
+    if key not in samples:
+        samples[key] = _samples(config.dataset, keyed["split"], keyed["n_samples"], keyed["seed"], key[1])
+    x, y = samples[key]
+    res = layer_overlap(
+        model,
+        x,
+        layers=keyed["layers"],
+        n_samples=x.shape[0],
+        batch_size=batch_size,
+        labels=y,
+        seed=keyed["seed"],
+        k=keyed["k"],
+        kernel=keyed["kernel"],
+        solver=keyed["solver"],
+        pruning_tol=keyed["pruning_tol"],
+    )
+    return _run_record(rd, model, config, summary, res, x)
+
+
+def keep_run_record(run_dir: str | Path, *, batch_size: int = 256, data_dir: str | None = None, **options: Any) -> dict:
+    """Store one run's CW-NNK record beside it (:mod:`convsim.reporting.cwnnk_records`) while its checkpoint
+    exists, unless a matching one is stored already; returns the record. ``options`` are the keyed
+    settings of :func:`overlap_analysis` (``n_samples``, ``k``, ...; defaults filled in)."""
+    run_dir = Path(run_dir)
+    unknown = sorted(set(options) - set(KEYED_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown overlap settings {unknown}; expected some of {sorted(KEYED_DEFAULTS)}")
+    keyed = {**KEYED_DEFAULTS, **options}
+    record = stored_record(run_dir, keyed)
+    if record is None:
+        record = _analyse_run(run_dir, keyed, batch_size, data_dir, {})
+        store_record(run_dir, keyed, record)
+    return record
+
+
 def overlap_analysis(
     run_dirs: Iterable[str | Path],
     out_dir: str | Path,
     *,
-    n_samples: int = 2000,
-    k: int = 25,
-    kernel: str = "cosine",
-    solver: str = "exact",
-    pruning_tol: float = 1e-6,
-    split: str = "train",
-    layers: Sequence[str] | None = None,
-    seed: int = 0,
+    n_samples: int = KEYED_DEFAULTS["n_samples"],
+    k: int = KEYED_DEFAULTS["k"],
+    kernel: str = KEYED_DEFAULTS["kernel"],
+    solver: str = KEYED_DEFAULTS["solver"],
+    pruning_tol: float = KEYED_DEFAULTS["pruning_tol"],
+    split: str = KEYED_DEFAULTS["split"],
+    layers: Sequence[str] | None = KEYED_DEFAULTS["layers"],
+    seed: int = KEYED_DEFAULTS["seed"],
     batch_size: int = 256,
     data_dir: str | None = None,
     figures: bool = True,
+    keep_records: bool = False,
 ) -> dict:
     r"""CW-NNK analysis of trained runs; writes ``overlap.json`` and the figures to ``out_dir``.
 
     Args:
-        run_dirs: run directories of ``convsim train`` (``summary.json`` + ``checkpoint.pt``).
+        run_dirs: run directories of ``convsim train`` (``summary.json`` + ``checkpoint.pt``, or a
+            stored record with ``keep_records``).
         out_dir: output folder (created).
         n_samples: images analysed per run (a seeded subset of ``split``, the same for every run
             of a dataset).
@@ -205,6 +255,9 @@ def overlap_analysis(
         batch_size: forward batch size.
         data_dir: dataset folder; default the one in each run's config.
         figures: write the PNG figures.
+        keep_records: keep each run's analysis in its folder (:mod:`convsim.reporting.cwnnk_records`)
+            and reuse a stored one that matches the run's summary and these settings, so that the
+            run's checkpoint is needed only once.
 
     Returns:
         JSON-ready dict: ``options`` (with ``solver``, ``pruning_tol`` for the pruning solver, and
@@ -219,8 +272,6 @@ def overlap_analysis(
         >>> result = overlap_analysis(["runs/a", "runs/b", "runs/c"], "runs/overlap")  # doctest: +SKIP
         >>> print(overlap_markdown(result))  # doctest: +SKIP
     """
-    from convsim.training.loop import load_run  # the trainer is heavy; import on use
-
     paths = [Path(p) for p in run_dirs]
     if not paths:
         raise ValueError("overlap_analysis needs at least one run directory")
@@ -234,28 +285,17 @@ def overlap_analysis(
     nnk_options = NNKOptions(k=k, kernel=kernel, solver=solver, pruning_tol=pruning_tol, duplicates="drop")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+    keyed = {"n_samples": n_samples, "k": k, "kernel": kernel, "solver": solver, "pruning_tol": pruning_tol}
+    keyed |= {"split": split, "layers": layers, "seed": seed}
+    samples: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
     runs = []
     for rd in paths:
-        model, config, summary = load_run(rd)
-        key = (config.dataset, data_dir or getattr(config, "data_dir", None))
-        if key not in cache:
-            cache[key] = _samples(config.dataset, split, n_samples, seed, key[1])
-        x, y = cache[key]
-        res = layer_overlap(
-            model,
-            x,
-            layers=layers,
-            n_samples=x.shape[0],
-            batch_size=batch_size,
-            labels=y,
-            seed=seed,
-            k=k,
-            kernel=kernel,
-            solver=solver,
-            pruning_tol=pruning_tol,
-        )
-        runs.append(_run_record(rd, model, config, summary, res, x))
+        record = stored_record(rd, keyed) if keep_records else None
+        if record is None:
+            record = _analyse_run(rd, keyed, batch_size, data_dir, samples)
+            if keep_records:
+                store_record(rd, keyed, record)
+        runs.append(record)
     trained = [r for r in runs if not r["collapsed"]]
     correlations = _correlations(trained)
     # Pooling architectures confounds overlap with the model (M3 is about 1/C): also per model.

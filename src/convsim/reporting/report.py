@@ -28,6 +28,7 @@ from typing import Any
 
 from convsim._internal.files import atomic_write_json, atomic_write_text
 from convsim.reporting.claims import ClaimDesign, claims, design_text, matched_settings
+from convsim.reporting.cwnnk_records import RUN_RECORD, stored_record
 from convsim.reporting.figures import make_figures
 from convsim.reporting.intervals import CONFIDENCE
 from convsim.reporting.runs import (
@@ -463,8 +464,9 @@ def overlap_section(
 ) -> tuple[dict | None, str]:
     """Run :func:`convsim.reporting.overlap.overlap_analysis` on the runs of ``options["study"]``
     (default "main"), cached in ``out_dir/overlap/cache.json`` keyed by the runs' summaries and the
-    options. Without a valid cache it needs the runs' checkpoints; when they are missing (a
-    committed study) the section says so."""
+    options. Without a valid cache it needs, for every run, its checkpoint or its stored record
+    (:mod:`convsim.reporting.cwnnk_records`, written here and by ``reproduce``); when a run has
+    neither (a committed study whose weights are gone) the section says which."""
     options = dict(options or {})
     if options.get("skip"):
         return None, "_overlap analysis switched off for this suite_\n"
@@ -477,18 +479,19 @@ def overlap_section(
     cache = read_json(odir / "cache.json")
     if cache and cache.get("key") == key:
         return cache.get("result"), cache["markdown"]
-    missing = [r.name for r in runs if not (r.path / "checkpoint.pt").exists()]
+    missing = [r.name for r in runs if not (r.path / "checkpoint.pt").exists() and not stored_record(r.path, options)]
     if missing:
         return None, (
-            f"_the overlap analysis needs the runs' weights; {len(missing)} of {len(runs)} checkpoints are "
-            f"missing (checkpoints are not committed) and `overlap/cache.json` does not match_\n"
+            f"_the overlap analysis needs the runs' weights; {len(missing)} of {len(runs)} runs have neither a "
+            f"checkpoint (checkpoints are not committed) nor a stored `{RUN_RECORD}`, and `overlap/cache.json` "
+            f"does not match: {', '.join(missing)}_\n"
         )
     if analysis is None or markdown is None:
         from convsim.reporting import overlap as nnk_report  # imported on use: it loads the trainer
 
         analysis = analysis or nnk_report.overlap_analysis
         markdown = markdown or nnk_report.overlap_markdown
-    result = analysis([r.path for r in runs], odir, **options)
+    result = analysis([r.path for r in runs], odir, **options, keep_records=True)
     md = markdown(result)
     res = jsonable(result)
     atomic_write_json(odir / "cache.json", {"key": key, "markdown": md, "result": res})
