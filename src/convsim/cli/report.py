@@ -1,9 +1,10 @@
 """``convsim report DIR [--out DIR]``: rebuild a suite's report from its committed run files alone.
 
 Reads ``DIR/suite.json`` (the suite's name) and ``DIR/runs/<name>/{spec.json, summary.json,
-metrics.jsonl, init.jsonl}``; writes ``report.md``, ``results.json``, ``summary.csv`` and the figures
-into ``--out`` (default ``DIR``). No training and no checkpoints are needed; the channel-wise NNK
-overlap section comes from ``DIR/overlap/cache.json`` when it matches the runs.
+metrics.jsonl, init.jsonl, cwnnk.json}``; writes ``report.md``, ``results.json``, ``summary.csv`` and
+the figures into ``--out`` (default ``DIR``). No training and no checkpoints are needed: the
+channel-wise NNK overlap section comes from ``DIR/overlap/cache.json`` when it matches the runs,
+else from each run's stored record (``cwnnk.json``, written by ``reproduce`` after the run).
 """
 
 from __future__ import annotations
