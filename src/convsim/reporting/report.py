@@ -422,7 +422,7 @@ def intro(ctx: Context) -> str:
         "overlap analysis of Bonet et al. (ICASSP 2022). Every number below is computed from the run directories "
         "under `runs/`; nothing is typed by hand. Values are means over seeds with 95% Student-t confidence "
         "intervals (± half-width); the verdicts in **Claims** follow the rules in *How the numbers are computed*. "
-        "These are `convsim`'s own measurements on this machine, not the paper's numbers.\n",
+        "These are `convsim`'s own measurements (the machines are listed with the setup), not the paper's numbers.\n",
         f"- complete runs: **{sum(r.complete for r in ctx.runs)}** in **{len(ctx.groups)}** configurations"
         + (f"; total training time {sum(w for w in wall if w) / 60:.1f} min" if wall else ""),
     ]
