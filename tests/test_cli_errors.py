@@ -181,3 +181,13 @@ def test_a_bug_in_a_real_process_exits_1_with_a_traceback(tmp_path):
     res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert res.returncode == 1
     assert "Traceback (most recent call last)" in res.stderr and "RuntimeError: an unexpected failure" in res.stderr
+
+
+@pytest.mark.parametrize(("rank", "printed"), [("0", True), ("1", False)])
+def test_a_usage_error_is_printed_by_rank_zero_only(monkeypatch, capsys, rank, printed):
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--optimizer", "rmsprop"])
+    assert exit_info.value.code == 2
+    assert ("invalid choice: 'rmsprop'" in capsys.readouterr().err) is printed

@@ -37,9 +37,15 @@ COMMANDS = {
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse's parser, with its usage errors on one line like every other user error."""
+    """argparse's parser, with its usage errors on one line like every other user error.
+
+    Under torchrun every rank parses the same command line, so a usage error is the same on all of
+    them: only rank 0 prints it (the others exit with the same status, silently).
+    """
 
     def error(self, message: str) -> NoReturn:
+        if os.environ.get("RANK", "0") != "0":
+            self.exit(2)
         self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
 
 
