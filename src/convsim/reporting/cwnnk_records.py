@@ -33,6 +33,13 @@ KEYED_DEFAULTS: dict[str, Any] = {
 }
 
 
+def overlap_study(options: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """A suite's overlap options (``SUITE_OPTIONS[suite]["overlap"]``) as (the study whose runs are
+    analysed, default "main"; the analysis settings). ``skip`` is the caller's to check first."""
+    settings = {k: v for k, v in options.items() if k != "study"}
+    return options.get("study", "main"), settings
+
+
 def record_key(run_dir: Path, options: Mapping[str, Any]) -> str:
     """SHA-256 of the run's summary and the keyed settings (defaults filled in): a record is valid only for both."""
     digest = hashlib.sha256((Path(run_dir) / "summary.json").read_bytes())

@@ -28,7 +28,7 @@ from typing import Any
 
 from convsim._internal.files import atomic_write_json, atomic_write_text
 from convsim.reporting.claims import ClaimDesign, claims, design_text, matched_settings
-from convsim.reporting.cwnnk_records import RUN_RECORD, stored_record
+from convsim.reporting.cwnnk_records import RUN_RECORD, overlap_study, stored_record
 from convsim.reporting.figures import make_figures
 from convsim.reporting.intervals import CONFIDENCE
 from convsim.reporting.runs import (
@@ -467,10 +467,9 @@ def overlap_section(
     options. Without a valid cache it needs, for every run, its checkpoint or its stored record
     (:mod:`convsim.reporting.cwnnk_records`, written here and by ``reproduce``); when a run has
     neither (a committed study whose weights are gone) the section says which."""
-    options = dict(options or {})
-    if options.get("skip"):
+    if options and options.get("skip"):
         return None, "_overlap analysis switched off for this suite_\n"
-    study = options.pop("study", "main")
+    study, options = overlap_study(options or {})
     runs = [r for g in in_study(groups, study) for r in g.runs]
     if len(runs) < 2:
         return None, f"_fewer than two complete runs in study `{study}`: no overlap analysis_\n"

@@ -41,6 +41,7 @@ from typing import Any
 
 from convsim._internal.files import atomic_write_json, atomic_write_text
 from convsim.reporting.claims import ClaimDesign
+from convsim.reporting.cwnnk_records import overlap_study
 from convsim.reporting.methods import CS_INIT_METHODS, CS_REG_METHODS, METHODS, PENALTY_METHODS
 from convsim.reporting.runs import read_json
 from convsim.training.checkpoint import FINAL_STATUSES, has_checkpoint
@@ -568,12 +569,15 @@ def _keep_overlap_record(spec: RunSpec, run_dir: Path, overlap: Mapping[str, Any
     """Store the run's CW-NNK record now, while its checkpoint exists, when the suite's overlap analysis
     covers it (checkpoints are not committed; the record is). A failure here does not fail the run:
     the report recomputes the record from the checkpoint, or says that it is missing."""
-    if not overlap or overlap.get("skip") or overlap.get("study", "main") not in spec.studies:
+    if not overlap or overlap.get("skip"):
+        return ""
+    study, settings = overlap_study(overlap)
+    if study not in spec.studies:
         return ""
     from convsim.reporting.overlap import keep_run_record  # imported on use: it loads matplotlib
 
     try:
-        keep_run_record(run_dir, **{k: v for k, v in overlap.items() if k != "study"})
+        keep_run_record(run_dir, **settings)
     except Exception as exc:  # noqa: BLE001  # reported, never fatal: the run itself is complete
         return f"; CW-NNK record not stored ({type(exc).__name__}: {exc})"
     return "; CW-NNK record stored"
