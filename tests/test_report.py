@@ -368,7 +368,9 @@ def test_orthogonality_claim_not_tested_when_no_penalty_setting_keeps_accuracy(t
     _ortho_groups(tmp_path, so_accs=([0.70, 0.71, 0.69], [0.60, 0.61, 0.59]))
     groups = _groups(tmp_path)
     assert matched_settings(groups, ClaimDesign())["so"] is None
-    assert _claim(tmp_path, "d")["verdict"] == "not tested"
+    c = _claim(tmp_path, "d")
+    assert c["verdict"] == "not tested"
+    assert c["evidence"][0] == "primary: no setting of so keeps test accuracy within the margin of the baseline"
 
 
 def test_strongest_within_margin_leaves_out_collapsed_groups(tmp_path):
@@ -585,6 +587,17 @@ def test_report_states_each_claims_verdict(tmp_path):
     claims_part = md.split("<!-- claims:start -->")[1].split("<!-- claims:end -->")[0]
     for c in res["claims"]:
         assert f"**({c['id']}) {c['claim']}** — {c['verdict']}." in claims_part
+
+
+def test_setup_states_the_wall_time_of_runs_trained_in_parallel(tmp_path):
+    _suite_like(tmp_path, full=False)
+    summaries = list((tmp_path / "runs").glob("*/summary.json"))
+    for p in summaries:  # an hour each, so the sum is the number of runs in hours
+        atomic_write_json(p, {**json.loads(p.read_text()), "wall_time": 3600.0})
+    report.write_report(tmp_path, overlap={"skip": True}, study={"jobs": 2})
+    md = (tmp_path / "report.md").read_text()
+    n = len(summaries)
+    assert f"{n:.2f} h summed over {n} runs, trained 2 at a time: about {n / 2:.1f} h of wall time" in md
 
 
 def test_report_numbers_are_computed_from_the_runs(tmp_path):

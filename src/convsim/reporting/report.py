@@ -173,7 +173,7 @@ def setup_section(ctx: Context) -> str:
         f"\n- machine(s): {'; '.join(machines) or 'unknown'}",
         f"- torch threads per run: {', '.join(map(str, threads)) or 'unknown'}; torch {', '.join(torch_versions)}",
         f"- training time: {hours:.2f} h summed over {len(complete)} runs"
-        + (f", trained {jobs} at a time" if jobs else ""),
+        + (f", trained {jobs} at a time: about {hours / jobs:.1f} h of wall time" if jobs else ""),
         f"- studies: {', '.join(sorted({s for g in ctx.groups.values() for s in g.studies})) or 'none'}\n",
     ]
     return "\n".join(lines)
