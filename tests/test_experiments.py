@@ -53,6 +53,19 @@ def test_suite_method_labels_match_their_configs(suite):
         assert infer_method(s.overrides) == s.method, s.name
 
 
+@pytest.mark.parametrize("suite", sorted(ex.SUITES))
+def test_width_study_includes_the_main_study_width(suite):
+    """Claim (c) compares each width with the next one up: the sweep must not skip the main study's width."""
+    specs = ex.SUITES[suite]
+    swept: dict[str, set] = {}
+    for s in specs:
+        if "width" in s.studies:
+            swept.setdefault(s.overrides["model"], set()).add(float(s.overrides["width"]))
+    for s in specs:
+        if "main" in s.studies and s.overrides["model"] in swept:
+            assert float(s.overrides["width"]) in swept[s.overrides["model"]], s.name
+
+
 def test_quick_and_paper_compare_main_methods_on_cnn1_and_cnn2():
     for suite in ("quick", "paper"):
         main = {(s.overrides["model"], s.method) for s in ex.SUITES[suite] if "main" in s.studies}

@@ -258,7 +258,9 @@ def test_accuracy_claim_not_tested_when_the_primary_group_is_missing(tmp_path):
     make_group(tmp_path, B, {"test_acc": BASE})
     make_group(tmp_path, "cnn1-w1-cs-init-I5", {"test_acc": [0.90, 0.91, 0.89]}, init_steps=5)
     c = _claim(tmp_path, "a")
-    assert (c["verdict"], c["primary"]) == ("not tested", None)
+    assert c["verdict"] == "not tested" == c["primary"]["verdict"]
+    assert c["primary"]["label"] == "`cnn1-w1-cs-reg-b0.01` − `cnn1-w1-baseline`, test accuracy"
+    assert c["primary"]["estimate"] is None and c["primary"]["p"] is None
     assert [x["verdict"] for x in c["comparisons"]] == ["holds"]  # the other CS group is a secondary
 
 
@@ -370,7 +372,8 @@ def test_orthogonality_claim_not_tested_when_no_penalty_setting_keeps_accuracy(t
     assert matched_settings(groups, ClaimDesign())["so"] is None
     c = _claim(tmp_path, "d")
     assert c["verdict"] == "not tested"
-    assert c["evidence"][0] == "primary: no setting of so keeps test accuracy within the margin of the baseline"
+    why = "no setting of so keeps test accuracy within the margin of the baseline"
+    assert c["evidence"][0].endswith(f": {why} → not tested")
 
 
 def test_strongest_within_margin_leaves_out_collapsed_groups(tmp_path):

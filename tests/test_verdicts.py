@@ -163,6 +163,7 @@ M = 0.005
         (_est(0.02, 0.002), HOLDS),  # t = 10
         (_est(-0.02, 0.002), FAILS),
         (_est(0.001, 0.001), NO_EFFECT),  # p = 0.37, interval [-0.0018, 0.0038] inside ±0.005
+        (_est(0.003, 0.0005), NO_EFFECT),  # p < 0.01, yet the interval [0.0016, 0.0044] is inside ±0.005
         (_est(0.004, 0.003), INCONCLUSIVE),  # p = 0.25, interval reaches past +0.005
         (Estimate(0.01, None, None, 1, "single"), TOO_FEW),
         (None, NOT_TESTED),
@@ -178,6 +179,7 @@ def test_decide_superiority(est, expected):
         (_est(0.0, 0.001), HOLDS),  # interval [-0.0028, 0.0028] above -0.005
         (_est(0.02, 0.002), HOLDS),
         (_est(-0.02, 0.002), FAILS),  # interval below -0.005
+        (_est(-0.007, 0.0005), FAILS),  # interval [-0.0084, -0.0056]: below -0.005 though inside ±0.01
         (_est(-0.005, 0.002), INCONCLUSIVE),  # interval straddles -0.005
         (_est(0.001, 0.001), HOLDS),  # a superiority "no meaningful effect" matches the reference
         (Estimate(0.01, None, None, 1, "single"), TOO_FEW),
@@ -193,6 +195,11 @@ def test_decide_uses_the_adjusted_p_value_when_given():
     assert decide(est, SUPERIORITY, M) == HOLDS
     assert decide(est, SUPERIORITY, M, p_adjusted=0.2) == INCONCLUSIVE
     assert decide(_est(0.0, 0.001), NON_INFERIORITY, M, p_adjusted=0.5) == INCONCLUSIVE
+    assert decide(_est(-0.02, 0.002), NON_INFERIORITY, M, p_adjusted=0.5) == INCONCLUSIVE  # both directions
+
+
+def test_adjustment_does_not_touch_no_meaningful_effect():
+    assert decide(_est(0.003, 0.0005), SUPERIORITY, M, p_adjusted=1.0) == NO_EFFECT
 
 
 def test_decide_rejects_unknown_kind():
@@ -207,9 +214,10 @@ def test_verdicts_follow_where_the_interval_lies(seed):
     e = mean_ci(rng.normal(rng.uniform(-0.02, 0.02), rng.uniform(0.001, 0.02), int(rng.integers(2, 7))))
     sup, ni = decide(e, SUPERIORITY, M), decide(e, NON_INFERIORITY, M)
     assert sup in VERDICTS and ni in VERDICTS
-    assert (sup == HOLDS) == (e.low > 0)
-    assert (sup == FAILS) == (e.high < 0)
-    assert (sup == NO_EFFECT) == (e.low <= 0 <= e.high and e.low > -M and e.high < M)
+    inside = e.low > -M and e.high < M
+    assert (sup == NO_EFFECT) == inside
+    assert (sup == HOLDS) == (e.low > 0 and not inside)
+    assert (sup == FAILS) == (e.high < 0 and not inside)
     assert (ni == HOLDS) == (e.low > -M)
     assert (ni == FAILS) == (e.high < -M)
     assert ni != NO_EFFECT
@@ -254,11 +262,15 @@ def test_evaluate_reports_scipy_p_and_the_metric_margin():
     assert r["estimate"]["mean"] == pytest.approx(float(np.mean(b - a)))
 
 
-def test_non_inferiority_p_is_doubled_one_sided_against_minus_margin():
-    a, b = np.array([0.80, 0.81, 0.79, 0.805]), np.array([0.799, 0.812, 0.788, 0.806])
+@pytest.mark.parametrize("shift", [0.0, -0.012])
+def test_non_inferiority_p_is_two_sided_against_minus_margin(shift):
+    """Above −margin it is the doubled one-sided p of the "holds" test; below, that of "does not hold"."""
+    a = np.array([0.80, 0.81, 0.79, 0.805])
+    b = np.array([0.799, 0.812, 0.788, 0.806]) + shift
     r = _diff(b, a, kind=NON_INFERIORITY).evaluate()
-    ref = 2 * stats.ttest_1samp(b - a, -MARGINS["test_acc"], alternative="greater").pvalue
-    assert r["p"] == pytest.approx(ref, rel=1e-9)
+    ref = stats.ttest_1samp(b - a, -MARGINS["test_acc"]).pvalue
+    assert r["p"] == pytest.approx(ref, rel=1e-9) and r["p"] < ALPHA
+    assert r["verdict"] == (HOLDS if shift == 0 else FAILS)
 
 
 def test_comparison_without_data_is_not_tested():
@@ -313,6 +325,22 @@ def test_family_secondary_verdicts_use_the_adjusted_p():
         assert r["verdict"] != HOLDS
 
 
+def _family_without(secondary, seed):
+    return [Comparison(c.label, c.metric, tuple(verdicts._without_seed(c.terms, seed)), c.kind) for c in secondary]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_family_loo_stable_reruns_the_whole_family_with_holm(seed):
+    """Oracle: evaluate the family again with each seed left out of every comparison."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(0.80, 0.01, 5)
+    secondary = [_diff(a + rng.normal(0.008, 0.006, 5), a, f"s{k}") for k in range(4)]
+    _, rest = evaluate_family(None, secondary)
+    dropped = [[r["verdict"] for r in evaluate_family(None, _family_without(secondary, s))[1]] for s in range(5)]
+    for i, r in enumerate(rest):
+        assert r["loo_stable"] == all(v[i] == r["verdict"] for v in dropped)
+
+
 def test_family_without_primary():
     first, rest = evaluate_family(None, _family()[1])
     assert first is None and len(rest) == 4
@@ -325,6 +353,7 @@ def test_rules_text_states_every_margin_and_the_level():
     text = rules_text()
     for metric, m in MARGINS.items():
         assert f"`{metric}` ±{m:g}" in text
+    assert f"`test_acc` ±{MARGINS['test_acc']:g} ({100 * MARGINS['test_acc']:g} percentage points)" in text
     assert f"p < {ALPHA:g}" in text and f"{100 * (1 - ALPHA):g}%" in text
     for v in (HOLDS, FAILS, NO_EFFECT, INCONCLUSIVE):
         assert v in text

@@ -29,6 +29,7 @@ from convsim.reporting.runs import (
     width_sweep,
 )
 from convsim.reporting.verdicts import (
+    ACCURACY,
     HOLDS,
     NON_INFERIORITY,
     NOT_TESTED,
@@ -91,7 +92,7 @@ class _Builder:
         note: str = "",
     ) -> Comparison:
         terms = tuple([(1.0, g.values(metric, which)) for g in plus] + [(-1.0, g.values(metric, which)) for g in minus])
-        acc = metric == "test_acc"
+        acc = metric == ACCURACY
         return Comparison(
             label, metric, terms, kind, self.scale if acc else 1.0, "pts" if acc and self.scale == 100 else "", note
         )
@@ -105,6 +106,7 @@ def _vs_baseline(groups: Iterable[Group], methods: Sequence[str]) -> list[tuple[
 
 def _claim(
     cid: str,
+    design: ClaimDesign,
     primary: Comparison | None,
     secondary: Sequence[Comparison],
     note: str = "",
@@ -115,8 +117,10 @@ def _claim(
     if first is not None and override is not None:
         text = first["text"].rsplit(" → ", 1)[0] + f" → {override}"
         first = {**first, "verdict": override, "loo_stable": None, "text": text}
-    verdict = first["verdict"] if first is not None else NOT_TESTED
-    evidence = [f"primary: {first['text']}"] if first else [f"primary: {missing}"]
+    if first is None:
+        first = _untested(planned_primaries(design)[cid], missing)
+    verdict = first["verdict"]
+    evidence = [f"primary: {first['text']}"]
     if note:
         evidence.append(note)
     evidence += [f"{c['text']} (p_holm {c['p_holm']:.2g})" if c["p_holm"] is not None else c["text"] for c in rest]
@@ -130,6 +134,12 @@ def _claim(
     }
 
 
+def _untested(label: str, why: str) -> dict:
+    """The record of a primary comparison that could not be made (same keys as a made one)."""
+    keys = ("metric", "kind", "margin", "estimate", "p", "p_holm", "loo_stable")
+    return {"label": label, **dict.fromkeys(keys), "verdict": NOT_TESTED, "text": f"{label}: {why} → {NOT_TESTED}"}
+
+
 def claim_accuracy(groups: Mapping[str, Group], design: ClaimDesign, b: _Builder) -> dict:
     """(a) CS − baseline test accuracy; secondary: every other CS configuration against its baseline."""
     cs, base = groups.get(design.cs), groups.get(design.baseline)
@@ -139,7 +149,7 @@ def claim_accuracy(groups: Mapping[str, Group], design: ClaimDesign, b: _Builder
         for g, h in _vs_baseline(groups.values(), CS_METHODS)
         if g.name != design.cs
     ]
-    return _claim("a", primary, rest)
+    return _claim("a", design, primary, rest)
 
 
 def claim_convergence(groups: Mapping[str, Group], design: ClaimDesign, b: _Builder) -> dict:
@@ -152,7 +162,7 @@ def claim_convergence(groups: Mapping[str, Group], design: ClaimDesign, b: _Buil
         for g, h in _vs_baseline(groups.values(), CS_METHODS)
         if g.name != design.cs
     ]
-    return _claim("b", primary, rest)
+    return _claim("b", design, primary, rest)
 
 
 def claim_smaller(groups: Mapping[str, Group], design: ClaimDesign, b: _Builder) -> dict:
@@ -178,7 +188,7 @@ def claim_smaller(groups: Mapping[str, Group], design: ClaimDesign, b: _Builder)
             if method in CS_METHODS and g is not None and g.name != design.cs:
                 label = f"{method_label(g, True)} at width {small:g} − baseline at width {larger:g}"
                 rest.append(b.diff(label, "test_acc", [g], [base_w[larger]], kind=NON_INFERIORITY))
-    return _claim("c", primary, rest, note, override)
+    return _claim("c", design, primary, rest, note, override)
 
 
 def strongest_within_margin(family: Sequence[Group], base: Group) -> Group | None:
@@ -239,12 +249,13 @@ def claim_orthogonality(groups: Mapping[str, Group], design: ClaimDesign, b: _Bu
     for m in ORTHO_METHODS:
         p = matched.get(m)
         if p is not None and base is not None:
-            rest.append(b.diff(f"baseline − {method_label(p, True)}, kernel_cosine", "kernel_cosine", [base], [p]))
-            rest.append(b.diff(f"baseline − {method_label(p, True)}, fm_similarity", "fm_similarity", [base], [p]))
+            for metric in ("kernel_cosine", "fm_similarity"):
+                label = f"{method_label(p, True)} lowers {metric} (baseline − {method_label(p, True)})"
+                rest.append(b.diff(label, metric, [base], [p]))
     note = "matched settings (strongest within the accuracy margin): " + (
         ", ".join(f"{k}: {v.name if v else 'none'}" for k, v in matched.items()) or "none"
     )
-    return _claim("d", primary, rest, note, missing=_unmatched(matched, design))
+    return _claim("d", design, primary, rest, note, missing=_unmatched(matched, design))
 
 
 def _unmatched(matched: Mapping[str, Group | None], design: ClaimDesign) -> str:
@@ -309,14 +320,15 @@ def claim_momentum(groups: Mapping[str, Group], design: ClaimDesign, b: _Builder
             ]
             rest += [
                 b.diff(
-                    f"{method_label(g, True)} − {method_label(h)} with momentum {g.get('momentum')}",
+                    f"decoupling recovers accuracy under momentum {g.get('momentum')}: "
+                    f"{method_label(g, True)} − {method_label(h)}",
                     "test_acc",
                     [g],
                     [h],
                 )
                 for h in loss
             ]
-    return _claim("e", primary, rest)
+    return _claim("e", design, primary, rest)
 
 
 CLAIMS: tuple[Callable[[Mapping[str, Group], ClaimDesign, _Builder], dict], ...] = (
@@ -334,14 +346,21 @@ def claims(groups: Mapping[str, Group], design: ClaimDesign | None = None) -> li
     return [f(groups, design or ClaimDesign(), builder) for f in CLAIMS]
 
 
+def planned_primaries(design: ClaimDesign) -> dict[str, str]:
+    """Each claim's primary comparison in words, from the group names of ``design``."""
+    return {
+        "a": f"`{design.cs}` − `{design.baseline}`, test accuracy",
+        "b": f"`{design.baseline}` − `{design.cs}`, training loss after epoch 1",
+        "c": f"`{design.cs}` − `{design.larger_baseline}`, test accuracy, {NON_INFERIORITY}, counted only where "
+        f"`{design.larger_baseline}` beats `{design.baseline}`",
+        "d": f"mean |feature-map cos| (uncentred) of `{design.orthogonality}` − raw `cs-reg`, each at its strongest "
+        f"setting whose test accuracy is non-inferior to `{design.baseline}`",
+        "e": f"(`{design.cs}` − `{design.baseline}`) − (`{design.cs_momentum}` − `{design.baseline_momentum}`), "
+        "test accuracy",
+    }
+
+
 def design_text(design: ClaimDesign) -> str:
     """The primary comparisons of ``design`` in words (for the report's methods section)."""
-    return (
-        f"- Primary comparisons: (a) `{design.cs}` − `{design.baseline}`, test accuracy; (b) `{design.baseline}` "
-        f"− `{design.cs}`, training loss after epoch 1; (c) `{design.cs}` − `{design.larger_baseline}`, test "
-        f"accuracy, {NON_INFERIORITY}, counted only where `{design.larger_baseline}` beats `{design.baseline}`; "
-        f"(d) mean |feature-map cos| (uncentred) of `{design.orthogonality}` − raw `cs-reg`, each at its "
-        f"strongest setting whose test accuracy is non-inferior to `{design.baseline}`; (e) "
-        f"(`{design.cs}` − `{design.baseline}`) − (`{design.cs_momentum}` − `{design.baseline_momentum}`), "
-        f"test accuracy.\n"
-    )
+    words = "; ".join(f"({k}) {v}" for k, v in planned_primaries(design).items())
+    return f"- Primary comparisons: {words}.\n"

@@ -397,7 +397,7 @@ def fmnist_suite() -> list[RunSpec]:
     momentum = {"momentum": 0.9, "lr": 0.001}
     return merge(
         grid("main", cnn1, methods=("baseline", "cs-reg"), seeds=seeds, hp=hp),
-        grid("width", cnn1, methods=("baseline", "cs-reg"), widths=(0.5, 2.0), seeds=seeds, hp=hp),
+        grid("width", cnn1, methods=("baseline", "cs-reg"), widths=(0.5, 1.0, 2.0), seeds=seeds, hp=hp),
         grid(
             "momentum",
             cnn1,

@@ -14,6 +14,7 @@ from typing import Any
 from convsim.reporting.intervals import Estimate
 from convsim.reporting.methods import BASELINE, method_rank
 from convsim.reporting.runs import Group, collapsed, in_study, method_label, percent_unit, width_sweep
+from convsim.reporting.verdicts import ACCURACY
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -157,7 +158,7 @@ def claims_markdown(cl: list[dict]) -> str:
     for c in cl:
         p = c.get("primary") or {}
         est = p.get("estimate")
-        scale = 100.0 if p.get("metric") == "test_acc" and est and abs(est["mean"]) <= 1 else 1.0
+        scale = 100.0 if p.get("metric") == ACCURACY and est and abs(est["mean"]) <= 1 else 1.0
         interval = "—" if not est else _interval(est, scale)
         stable = {True: "yes", False: "no", None: "—"}[p.get("loo_stable")]
         pv = "—" if p.get("p") is None else f"{p['p']:.2g}"

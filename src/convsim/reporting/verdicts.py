@@ -2,24 +2,27 @@ r"""Comparisons of groups of runs and the rules that turn them into verdicts.
 
 A :class:`Comparison` is a contrast :math:`d = \sum_i c_i\,\bar x_i` of group means of one
 metric (paired by seed where the groups share their seeds, see
-:func:`convsim.reporting.intervals.contrast`), oriented so that a positive :math:`d` supports the
-claim. Its verdict follows one of two rules, with the metric's equivalence margin :math:`m`
-(:data:`MARGINS`) and the level :data:`ALPHA`:
+:func:`convsim.reporting.intervals.contrast`), oriented so that a positive :math:`d` means *holds*:
+for a claim's primary comparison that supports the claim, and a secondary comparison's label says
+what it tests. Its verdict follows one of two rules, with the metric's equivalence margin
+:math:`m` (:data:`MARGINS`) and the level :data:`ALPHA`. Both test a null value :math:`d_0` with a
+two-sided t test, whose p-value is the comparison's ``p``:
 
-* **superiority** (does the method change the metric?): *holds* when the test of :math:`d = 0`
-  rejects with :math:`\bar d > 0`, *does not hold* when it rejects with :math:`\bar d < 0`;
-  otherwise *no meaningful effect* when the 95% interval lies inside :math:`(-m, m)`, else
-  *inconclusive*;
-* **non-inferiority** (does the method match a reference?): *holds* when the one-sided test of
-  :math:`d \le -m` rejects at :data:`ALPHA` / 2 (the 95% interval lies above :math:`-m`), *does not
-  hold* when the one-sided test of :math:`d \ge -m` rejects (the interval lies below :math:`-m`),
+* **superiority** (does the method change the metric?), :math:`d_0 = 0`: *no meaningful effect*
+  when the 95% interval lies inside :math:`(-m, m)` (an effect, if any, too small to matter);
+  otherwise *holds* when the test rejects with :math:`\bar d > 0`, *does not hold* when it rejects
+  with :math:`\bar d < 0`, else *inconclusive*;
+* **non-inferiority** (does the method match a reference?), :math:`d_0 = -m`: *holds* when the
+  test rejects with :math:`\bar d > -m` (unadjusted: the 95% interval lies above :math:`-m`),
+  *does not hold* when it rejects with :math:`\bar d < -m` (the interval lies below :math:`-m`),
   else *inconclusive*.
 
 Each claim has one **primary** comparison, declared with its suite, tested at :data:`ALPHA`; its
 verdict is the claim's. The claim's other comparisons are **secondary**: their p-values are
-Holm-adjusted within the claim (:func:`holm`). Every comparison is also recomputed with each seed
-left out in turn: it is ``loo_stable`` when no such omission changes its verdict (secondary
-comparisons keep their Holm multiplier).
+Holm-adjusted within the claim (:func:`holm`), and their verdicts use the adjusted p-values (the
+"no meaningful effect" rule uses the unadjusted interval). Every comparison is also recomputed
+with each seed left out in turn, the secondary ones as a family with their Holm adjustment
+recomputed: it is ``loo_stable`` when no such omission changes its verdict.
 
 Example:
     >>> c = Comparison("B − A", "test_acc", ((1.0, {0: 0.90, 1: 0.91, 2: 0.92}), (-1.0, {0: 0.80, 1: 0.80, 2: 0.81})))
@@ -47,6 +50,7 @@ MARGINS: dict[str, float] = {
     "fd": 0.5,  # Fréchet distance in the FD classifier's features: about 5% of a trained baseline's
     "test_nelbo": 1.0,  # nats per image of the VAE's negative ELBO
 }
+ACCURACY = "test_acc"  # the metric reported in percentage points when accuracies are fractions
 SUPERIORITY, NON_INFERIORITY = "superiority", "non-inferiority"
 HOLDS, FAILS, NO_EFFECT, INCONCLUSIVE = "holds", "does not hold", "no meaningful effect", "inconclusive"
 TOO_FEW = "inconclusive (too few seeds)"
@@ -63,13 +67,16 @@ def margin(metric: str) -> float:
     return MARGINS[metric]
 
 
+def null_value(kind: str, m: float) -> float:
+    """The value a rule tests the contrast against: 0 (superiority) or :math:`-m` (non-inferiority)."""
+    if kind not in (SUPERIORITY, NON_INFERIORITY):
+        raise ValueError(f"kind must be {SUPERIORITY!r} or {NON_INFERIORITY!r}, got {kind!r}")
+    return 0.0 if kind == SUPERIORITY else -m
+
+
 def p_value(est: Estimate, kind: str, m: float) -> float | None:
-    """The p-value a verdict is decided on: two-sided against 0 (superiority), one-sided
-    against :math:`-m` (non-inferiority: "greater", doubled so that it compares with :data:`ALPHA`)."""
-    if kind == SUPERIORITY:
-        return est.p_value(0.0)
-    p = est.p_value(-m, "greater")
-    return None if p is None else min(1.0, 2.0 * p)
+    """The p-value a verdict is decided on: two-sided, against the rule's :func:`null_value`."""
+    return est.p_value(null_value(kind, m))
 
 
 def decide(est: Estimate | None, kind: str, m: float, p_adjusted: float | None = None) -> str:
@@ -81,22 +88,18 @@ def decide(est: Estimate | None, kind: str, m: float, p_adjusted: float | None =
         >>> decide(Estimate(0.001, -0.002, 0.004, 5, "paired", 0.001, 4.0), SUPERIORITY, 0.005)
         'no meaningful effect'
     """
-    if kind not in (SUPERIORITY, NON_INFERIORITY):
-        raise ValueError(f"kind must be {SUPERIORITY!r} or {NON_INFERIORITY!r}, got {kind!r}")
+    null = null_value(kind, m)
     if est is None:
         return NOT_TESTED
     if est.low is None or est.high is None or est.se is None:
         return TOO_FEW
+    if kind == SUPERIORITY and -m < est.low and est.high < m:
+        return NO_EFFECT
     p = p_value(est, kind, m) if p_adjusted is None else p_adjusted
     assert p is not None
-    if kind == SUPERIORITY:
-        if p < ALPHA:
-            return HOLDS if est.mean > 0 else FAILS
-        return NO_EFFECT if -m < est.low and est.high < m else INCONCLUSIVE
     if p < ALPHA:
-        return HOLDS
-    below = est.p_value(-m, "less")
-    return FAILS if below is not None and 2.0 * below < ALPHA else INCONCLUSIVE
+        return HOLDS if est.mean > null else FAILS
+    return INCONCLUSIVE
 
 
 def holm(p_values: Sequence[float | None]) -> list[float | None]:
@@ -145,14 +148,18 @@ class Comparison:
     def margin(self) -> float:
         return margin(self.metric)
 
-    def evaluate(self, multiplier: float | None = None, p_adjusted: float | None = None) -> dict:
-        """The comparison as a JSON-ready dict: label, metric, kind, margin, estimate, p,
-        ``p_holm`` (``p_adjusted``), verdict, loo_stable and a one-line text.
+    def evaluate(self) -> dict:
+        """The comparison alone, at :data:`ALPHA` without adjustment, as a JSON-ready dict: label,
+        metric, kind, margin, estimate, p, ``p_holm`` (``None``), verdict, loo_stable and a one-line text."""
+        return _evaluate([self], adjust=False)[0]
 
-        ``multiplier`` (``p_adjusted / p``) is applied to the leave-one-seed-out p-values."""
-        est = estimate(self.terms)
-        p = p_value(est, self.kind, self.margin) if est is not None else None
-        v = decide(est, self.kind, self.margin, p_adjusted)
+    def seeds(self) -> set:
+        """The seeds every group of the contrast has."""
+        return set.intersection(*(set(vals) for _, vals in self.terms)) if self.terms else set()
+
+    def record(
+        self, est: Estimate | None, p: float | None, p_holm: float | None, verdict: str, stable: bool | None
+    ) -> dict:
         return {
             "label": self.label,
             "metric": self.metric,
@@ -160,24 +167,11 @@ class Comparison:
             "margin": self.margin,
             "estimate": est.as_dict() if est else None,
             "p": p,
-            "p_holm": p_adjusted,
-            "verdict": v,
-            "loo_stable": self.loo_stable(v, multiplier),
-            "text": self.text(est, v, p_adjusted if p_adjusted is not None else p),
+            "p_holm": p_holm,
+            "verdict": verdict,
+            "loo_stable": stable,
+            "text": self.text(est, verdict, p_holm if p_holm is not None else p),
         }
-
-    def loo_stable(self, full_verdict: str, multiplier: float | None = None) -> bool | None:
-        """Whether leaving out any one seed keeps ``full_verdict``; ``None`` below three common seeds."""
-        seeds = set.intersection(*(set(vals) for _, vals in self.terms)) if self.terms else set()
-        if len(seeds) < 3:
-            return None
-        for s in sorted(seeds, key=str):
-            est = estimate(_without_seed(self.terms, s))
-            p = p_value(est, self.kind, self.margin) if est is not None else None
-            adjusted = None if p is None or multiplier is None else min(1.0, p * multiplier)
-            if decide(est, self.kind, self.margin, adjusted) != full_verdict:
-                return False
-        return True
 
     def text(self, est: Estimate | None, verdict: str, p: float | None) -> str:
         if est is None:
@@ -191,42 +185,65 @@ class Comparison:
         return line + (f"; {self.note}" if self.note else "")
 
 
+def _decisions(
+    comparisons: Sequence[Comparison], adjust: bool, drop: Any = None
+) -> tuple[list[Estimate | None], list[float | None], list[float | None], list[str]]:
+    """Estimates, raw p, Holm p (when ``adjust``) and verdicts of a family, without seed ``drop``."""
+    ests = [estimate(c.terms if drop is None else _without_seed(c.terms, drop)) for c in comparisons]
+    raw = [p_value(e, c.kind, c.margin) if e is not None else None for e, c in zip(ests, comparisons, strict=True)]
+    adjusted: list[float | None] = holm(raw) if adjust else [None] * len(raw)
+    verdicts = [decide(e, c.kind, c.margin, pa) for e, c, pa in zip(ests, comparisons, adjusted, strict=True)]
+    return ests, raw, adjusted, verdicts
+
+
+def _evaluate(comparisons: Sequence[Comparison], adjust: bool) -> list[dict]:
+    """Each comparison's record; leave-one-seed-out reruns the whole family (and its Holm adjustment)."""
+    ests, raw, adjusted, full = _decisions(comparisons, adjust)
+    seeds = [c.seeds() for c in comparisons]
+    stable: list[bool | None] = [True if len(s) >= 3 else None for s in seeds]
+    for seed in sorted(set().union(*seeds), key=str):
+        again = _decisions(comparisons, adjust, drop=seed)[3]
+        for i, s in enumerate(seeds):
+            if stable[i] and seed in s and again[i] != full[i]:
+                stable[i] = False
+    return [
+        c.record(*row) for c, row in zip(comparisons, zip(ests, raw, adjusted, full, stable, strict=True), strict=True)
+    ]
+
+
 def evaluate_family(primary: Comparison | None, secondary: Sequence[Comparison]) -> tuple[dict | None, list[dict]]:
     """The primary comparison at :data:`ALPHA` and the secondary ones with Holm-adjusted p-values."""
-    first = primary.evaluate(multiplier=1.0) if primary is not None else None
-    raw = []
-    for c in secondary:
-        est = estimate(c.terms)
-        raw.append(p_value(est, c.kind, c.margin) if est is not None else None)
-    adjusted = holm(raw)
-    family = sum(p is not None for p in raw)
-    rest = []
-    for c, p, pa in zip(secondary, raw, adjusted, strict=True):
-        # The leave-one-out checks keep this comparison's Holm multiplier; for p = 0 it is
-        # unknowable, so the most conservative one (the family size) is used.
-        mult = None if pa is None or p is None else (pa / p if p > 0 else float(family))
-        rest.append(c.evaluate(multiplier=mult, p_adjusted=pa))
-    return first, rest
+    first = primary.evaluate() if primary is not None else None
+    return first, _evaluate(secondary, adjust=True)
+
+
+def _margin_text(metric: str, m: float) -> str:
+    points = f" ({100 * m:g} percentage points)" if metric == ACCURACY else ""
+    return f"`{metric}` ±{m:g}{points}"
 
 
 def rules_text() -> str:
     """The verdict rules in words, generated from :data:`ALPHA`, :data:`MARGINS` and the rule names."""
     level = f"{100 * (1 - ALPHA):g}%"
-    margins = "; ".join(f"`{k}` ±{v:g}" for k, v in MARGINS.items())
+    margins = "; ".join(_margin_text(k, v) for k, v in MARGINS.items())
     return (
-        f"- **Comparisons** are contrasts of group means over seeds, oriented so that a positive value supports "
-        f"the claim, paired by seed where the groups share their seeds (Welch otherwise), with {level} "
-        f"Student-t intervals.\n"
+        f"- **Comparisons** are contrasts of group means over seeds, paired by seed where the groups share "
+        f"their seeds (Welch otherwise), with {level} Student-t intervals. A positive value means *{HOLDS}*: "
+        f"for a claim's primary comparison that supports the claim; a secondary comparison's label says what "
+        f"it tests.\n"
         f"- **Equivalence margins** (the smallest difference that matters): {margins}.\n"
-        f"- **{SUPERIORITY}** comparisons: *{HOLDS}* when the two-sided t test of 0 gives p < {ALPHA:g} with a "
-        f"positive estimate, *{FAILS}* when p < {ALPHA:g} with a negative one; otherwise *{NO_EFFECT}* when the "
-        f"{level} interval lies inside ±margin, else *{INCONCLUSIVE}*.\n"
-        f"- **{NON_INFERIORITY}** comparisons (does a method match a reference?): *{HOLDS}* when the {level} "
-        f"interval lies above −margin (one-sided test at {ALPHA / 2:g}), *{FAILS}* when it lies below −margin, "
-        f"else *{INCONCLUSIVE}*.\n"
+        f"- **{SUPERIORITY}** comparisons: *{NO_EFFECT}* when the {level} interval lies inside ±margin (an "
+        f"effect, if any, too small to matter); otherwise *{HOLDS}* when the two-sided t test of 0 gives "
+        f"p < {ALPHA:g} with a positive estimate, *{FAILS}* when p < {ALPHA:g} with a negative one, else "
+        f"*{INCONCLUSIVE}*.\n"
+        f"- **{NON_INFERIORITY}** comparisons (does a method match a reference?): the two-sided t test of "
+        f"−margin; *{HOLDS}* when p < {ALPHA:g} with an estimate above −margin (the {level} interval lies above "
+        f"it), *{FAILS}* when p < {ALPHA:g} with an estimate below (the interval lies below −margin), else "
+        f"*{INCONCLUSIVE}*.\n"
         f"- **Each claim's verdict is that of its primary comparison**, declared with the suite and tested at "
         f"{ALPHA:g}. Its secondary comparisons are reported with Holm-adjusted p-values (`p_holm`, adjusted "
-        f"within the claim), and their verdicts use those.\n"
-        f"- **loo_stable**: the verdict is recomputed with each seed left out in turn (secondary comparisons "
-        f"keep their Holm multiplier); ✓ when no omission changes it.\n"
+        f"within the claim), and their verdicts use those (*{NO_EFFECT}* uses the unadjusted interval).\n"
+        f"- **loo_stable**: the verdict is recomputed with each seed left out in turn (for secondary "
+        f"comparisons, of every comparison of the claim, with Holm's adjustment recomputed); ✓ when no "
+        f"omission changes it.\n"
     )
