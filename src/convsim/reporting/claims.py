@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 
-from convsim.reporting.methods import BASELINE, CS_METHODS, CS_REG_METHODS, ORTHO_METHODS
+from convsim.reporting.methods import BASELINE, CS_METHODS, ORTHO_METHODS
 from convsim.reporting.runs import (
     CS_FIELDS,
     Group,
@@ -312,8 +312,7 @@ def claim_momentum(groups: Mapping[str, Group], design: ClaimDesign, b: _Builder
             loss = [
                 h
                 for h in allg
-                if h.method in CS_REG_METHODS
-                and h.method != g.method
+                if h.method == "cs-reg"
                 and h.get("beta") == g.get("beta")
                 and h.context() == g.context()
                 and h.get("cs_normalize") == g.get("cs_normalize")

@@ -31,6 +31,7 @@ from convsim.reporting.claims import ClaimDesign, claims, design_text, matched_s
 from convsim.reporting.cwnnk_records import RUN_RECORD, overlap_study, stored_record
 from convsim.reporting.figures import make_figures
 from convsim.reporting.intervals import CONFIDENCE
+from convsim.reporting.methods import COLLAPSE_FACTOR
 from convsim.reporting.runs import (
     CONTEXT_FIELDS,
     Group,
@@ -235,7 +236,8 @@ def matched_section(ctx: Context) -> str | None:
     return (
         "Claim (d) compares each method at its strongest setting whose test accuracy stays within the margin "
         "of the baseline. Figure 8 places every configuration (method × strength) by feature-map similarity "
-        "and test accuracy, figure 9 by kernel cosine and feature-map similarity (95% CIs on both axes).\n\n"
+        "and test accuracy, figure 9 by kernel cosine and feature-map similarity "
+        f"({100 * CONFIDENCE:g}% CIs on both axes).\n\n"
         + markdown_table(["family", "matched setting"], rows)
         + "\n"
         + ctx.figure("fm_vs_accuracy", "feature-map similarity vs test accuracy")
@@ -363,8 +365,8 @@ def methods_section(ctx: Context) -> str:
         f"deviation), a {level} interval. One seed: no CI.\n"
         + rules_text()
         + design_text(ctx.design)
-        + "- Claim (d) excludes collapsed configurations (mean test accuracy below 1.5× chance for the dataset: "
-        "the network did not train).\n"
+        + f"- Claim (d) excludes collapsed configurations (mean test accuracy below {COLLAPSE_FACTOR:g}× chance for "
+        "the dataset: the network did not train).\n"
         "- Final values are those of the delivered weights in `summary.json` (for early stopping: the "
         "restored epoch); per-epoch curves come from `metrics.jsonl`, with epoch 0 the measurement before "
         "training (after any CS initialisation).\n"
@@ -420,8 +422,9 @@ def intro(ctx: Context) -> str:
         "This report re-runs the experiments of *Feature Map Similarity Reduction in Convolutional Neural Networks* "
         "(Belmekki et al., arXiv 2411.03226; Convolutional Similarity, CS) with `convsim`, and the channel-wise NNK "
         "overlap analysis of Bonet et al. (ICASSP 2022). Every number below is computed from the run directories "
-        "under `runs/`; nothing is typed by hand. Values are means over seeds with 95% Student-t confidence "
-        "intervals (± half-width); the verdicts in **Claims** follow the rules in *How the numbers are computed*. "
+        "under `runs/`; nothing is typed by hand. Values are means over seeds with "
+        f"{100 * CONFIDENCE:g}% Student-t confidence intervals (± half-width); the verdicts in **Claims** follow "
+        "the rules in *How the numbers are computed*. "
         "These are `convsim`'s own measurements (the machines are listed with the setup), not the paper's numbers.\n",
         f"- complete runs: **{sum(r.complete for r in ctx.runs)}** in **{len(ctx.groups)}** configurations"
         + (f"; total training time {sum(w for w in wall if w) / 60:.1f} min" if wall else ""),
