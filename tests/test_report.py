@@ -425,6 +425,18 @@ def test_momentum_secondary_pairs_another_cs_method_with_its_no_momentum_twin(tm
     assert sec["estimate"]["mean"] == pytest.approx(0.02)
 
 
+def test_decoupled_cs_under_momentum_is_compared_with_cs_reg_only(tmp_path):
+    _momentum_groups(tmp_path)
+    mom = {"momentum": 0.9, "lr": 0.001}
+    decoupled = {**mom, **REG, "cs_mode": "decoupled"}
+    make_group(tmp_path, "cnn1-w1-cs-decoupled-b0.01-m0.9", {"test_acc": [0.84, 0.85, 0.83]}, config=decoupled)
+    both = {**mom, **REG}
+    make_group(tmp_path, "cnn1-w1-cs-init+reg-I5-m0.9", {"test_acc": [0.8, 0.8, 0.8]}, init_steps=5, config=both)
+    recovers = [c for c in _claim(tmp_path, "e")["comparisons"] if c["label"].startswith("decoupling recovers")]
+    (only,) = recovers
+    assert only["estimate"]["mean"] == pytest.approx(0.02)  # decoupled − cs-reg under momentum, per seed
+
+
 # ---------------------------------------------------------------- runs and groups
 
 
