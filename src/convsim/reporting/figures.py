@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -30,6 +31,7 @@ from convsim.reporting.runs import (
     iters_series,
     method_label,
     percent_unit,
+    strength,
     width_sweep,
 )
 
@@ -260,12 +262,29 @@ def fig_shrinkage(groups: Sequence[Group], path: Path) -> Path:
     return _save(fig, path)
 
 
+MARKERS = "os^Dvp*"  # one per strength of a method, weakest first
+
+
+def _markers(groups: Sequence[Group]) -> dict[str, str]:
+    """{group name: marker}: groups of one colour (method) get distinct markers, by strength."""
+    by_color: dict[str | None, list[Group]] = {}
+    for g in groups:
+        by_color.setdefault(_color(g), []).append(g)
+    out = {}
+    for family in by_color.values():
+        for i, g in enumerate(sorted(family, key=lambda g: (strength(g) or 0.0, g.name))):
+            out[g.name] = MARKERS[i % len(MARKERS)]
+    return out
+
+
 def fig_scatter(
     groups: Sequence[Group], path: Path, x_keys: Sequence[tuple[str, str]], y_key: tuple[str, str], scale_y: float = 1.0
 ) -> Path:
     """Figures 8 and 9: one point per configuration (method x strength) with 95% CIs on both axes,
-    one panel per ``(x metric, label)``."""
-    fig, axes = _new_figure(len(x_keys), width=5.2, height=4.2)
+    one panel per ``(x metric, label)``; colour is the method, marker its strength (legend below)."""
+    fig, axes = _new_figure(len(x_keys), width=5.2, height=5.4)
+    markers = _markers(groups)
+    legend: dict[str, Any] = {}
     for ax, (xk, xlabel) in zip(axes, x_keys, strict=False):
         pts = [
             (g, ex, ey)
@@ -276,21 +295,22 @@ def fig_scatter(
             _empty(ax, "no runs for this figure in this suite")
             continue
         for g, ex, ey in pts:
-            ax.errorbar(
+            bars = ax.errorbar(
                 ex.mean,
                 ey.mean * scale_y,
                 xerr=ex.half_width or 0.0,
                 yerr=(ey.half_width or 0.0) * scale_y,
-                fmt="o",
-                ms=4,
+                fmt=markers[g.name],
+                ms=5,
                 capsize=2,
+                elinewidth=0.8,
                 color=_color(g) or "#777",
             )
-            ax.annotate(
-                method_label(g), (ex.mean, ey.mean * scale_y), fontsize=5.5, xytext=(3, 2), textcoords="offset points"
-            )
+            legend.setdefault(method_label(g), bars)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(y_key[1])
+    if legend:
+        fig.legend(list(legend.values()), list(legend), loc="outside lower center", ncol=3, fontsize=7)
     return _save(fig, path)
 
 
