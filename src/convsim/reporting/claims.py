@@ -66,6 +66,8 @@ class ClaimDesign:
         return asdict(self)
 
 
+NOT_RUN = "not in this suite's runs"  # why a primary comparison is missing, unless a claim says more
+
 TEXTS = {
     "a": "CS improves test accuracy",
     "b": "CS converges faster (lower training loss after the first epoch)",
@@ -111,7 +113,7 @@ def _claim(
     secondary: Sequence[Comparison],
     note: str = "",
     override: str | None = None,
-    missing: str = "not in this suite's runs",
+    missing: str = NOT_RUN,
 ) -> dict:
     first, rest = evaluate_family(primary, secondary)
     if first is not None and override is not None:
@@ -263,7 +265,7 @@ def _unmatched(matched: Mapping[str, Group | None], design: ClaimDesign) -> str:
     lost = [k for k in ("cs-reg", design.orthogonality) if k in matched and matched[k] is None]
     if lost:
         return f"no setting of {' or '.join(lost)} keeps test accuracy within the margin of the baseline"
-    return "not in this suite's runs"
+    return NOT_RUN
 
 
 def _interaction(g: Group, groups: Sequence[Group]) -> tuple[Group, Group, Group] | None:
